@@ -1,0 +1,124 @@
+"""PDEBench HDF5 layouts: the only module that imports h5py.
+
+Layouts (N trajectories, T snapshots, X[, Y] cells), float32:
+    "fields": one dataset per primitive field, e.g. density, Vx, pressure: (N, T, *X)   (1D/2D CFD)
+    "tensor": a single dataset `tensor`: (N, T, *X)                                 (1D Burgers)
+plus `x-coordinate` (X), [`y-coordinate` (Y)], `t-coordinate` and attributes. ttclab adds a group
+`ttclab/` with the IC splits and the train-only normalization; genuine PDEBench files lack it and
+get both computed on the fly.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from ..problems.base import PDEProblem, Trajectories
+
+
+class DataError(ValueError):
+    """A data file that does not match the problem's layout; the message names the file and fix."""
+
+
+def _keys(problem: PDEProblem) -> list[str]:
+    return ["tensor"] if problem.layout == "tensor" else list(problem.fields)
+
+
+def write(path: str | Path, problem: PDEProblem, traj: Trajectories, meta: dict[str, np.ndarray]) -> Path:
+    """Write atomically: a temp file in the same folder, renamed only once complete, so an interrupted
+    write never leaves a file a later stage would accept."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with h5py.File(tmp, "w") as f:
+            n, t = traj.fields.shape[:2]
+            chunk = (1, t, *problem.shape)
+            for c, key in enumerate(_keys(problem)):
+                f.create_dataset(key, data=traj.fields[:, :, c], chunks=chunk, compression="lzf")
+            for key, values in traj.coords.items():
+                f.create_dataset(key, data=values)
+            for key, value in traj.attrs.items():
+                f.attrs[key] = value
+            f.attrs["problem"] = problem.name
+            group = f.create_group("ttclab")
+            for key, value in meta.items():
+                group.create_dataset(key, data=value)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+class PDEBenchFile:
+    """Lazy reader: validates the layout on open, reads only the trajectories asked for."""
+
+    def __init__(self, path: str | Path, problem: PDEProblem):
+        self.path = Path(path)
+        self.problem = problem
+        if not self.path.is_file():
+            raise DataError(f"{self.path}: no such data file; run `ttclab generate` or fix data.path")
+        try:
+            self._file = h5py.File(self.path, "r")
+        except OSError as err:
+            raise DataError(f"{self.path}: not a readable HDF5 file ({err}); regenerate it") from None
+        self._datasets = []
+        for key in _keys(problem):
+            if key not in self._file:
+                found = ", ".join(k for k in self._file.keys() if k != "ttclab")
+                raise DataError(
+                    f"{self.path}: missing dataset {key!r} required by problem {problem.name!r} "
+                    f"(found: {found}); point data.path at a {problem.name} file in PDEBench layout"
+                )
+            self._datasets.append(self._file[key])
+        first = self._datasets[0]
+        want = 2 + problem.ndim
+        for key, ds in zip(_keys(problem), self._datasets):
+            if ds.ndim != want or ds.shape != first.shape:
+                raise DataError(
+                    f"{self.path}: dataset {key!r} has shape {ds.shape}; expected (N, T, "
+                    f"{', '.join('X Y Z'.split()[: problem.ndim])}) matching {first.shape}"
+                )
+
+    @property
+    def n_trajectories(self) -> int:
+        return self._datasets[0].shape[0]
+
+    @property
+    def n_snapshots(self) -> int:
+        return self._datasets[0].shape[1]
+
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        return tuple(self._datasets[0].shape[2:])
+
+    def meta(self, key: str) -> np.ndarray | None:
+        group = self._file.get("ttclab")
+        return None if group is None or key not in group else group[key][()]
+
+    def read(self, indices=None, t_stride: int = 1, x_stride: int = 1) -> np.ndarray:
+        """-> (n, T', C, *X') float32 for the given trajectory indices (any order, no duplicates
+        needed in sorted order: h5py wants increasing indices, so sort and restore)."""
+        idx = np.arange(self.n_trajectories) if indices is None else np.asarray(indices, dtype=np.int64)
+        if idx.size and (idx.min() < 0 or idx.max() >= self.n_trajectories):
+            raise DataError(f"{self.path}: trajectory index out of range 0..{self.n_trajectories - 1}")
+        order = np.argsort(idx)
+        sorted_idx = idx[order]
+        space = (slice(None, None, x_stride),) * self.problem.ndim
+        fields = [ds[sorted_idx, ::t_stride, *space] for ds in self._datasets]
+        out = np.stack(fields, axis=2).astype(np.float32, copy=False)
+        restored = np.empty_like(out)
+        restored[order] = out
+        return restored
+
+    def close(self):
+        self._file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -1,0 +1,1 @@
+"""Metrics: pure tensor functions with shape contracts (rollout errors, conservation, SampleGain, ...)."""

@@ -1,0 +1,111 @@
+"""What every PDE problem declares, so later stages read physics from here, never from channel indices.
+
+A state is a tensor (..., C, *X) of the problem's `fields` (PDEBench's primitive variables, in the
+order of its HDF5 keys). Conserved quantities are domain integrals of densities q(x):
+    Q = sum_x q(x) * dV,   dV = prod(dx).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass
+class Trajectories:
+    """Solver output: fields (N, T, C, *X) float32 plus coordinates and attributes for the HDF5 file."""
+
+    fields: np.ndarray
+    coords: dict[str, np.ndarray]  # "x-coordinate", ("y-coordinate"), "t-coordinate"
+    attrs: dict
+
+
+class PDEProblem:
+    """Base class; subclasses set the class attributes and implement `densities` and `solve`."""
+
+    Config: type
+    name: str
+    fields: tuple[str, ...]  # channel names == PDEBench dataset keys (except single-field layouts)
+    layout: str = "fields"  # "fields": one dataset per field; "tensor": one dataset named `tensor`
+    positive: tuple[str, ...] = ()  # fields that must stay > 0 (density, pressure)
+    boundary: str = "periodic"
+    ndim: int = 1
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    @property
+    def extent(self) -> tuple[float, ...]:
+        return (1.0,) * self.ndim
+
+    @property
+    def dx(self) -> tuple[float, ...]:
+        return tuple(L / n for L, n in zip(self.extent, self.shape))
+
+    @property
+    def cell_volume(self) -> float:
+        return math.prod(self.dx)
+
+    @property
+    def n_fields(self) -> int:
+        return len(self.fields)
+
+    def channel(self, field: str) -> int:
+        return self.fields.index(field)
+
+    def densities(self, u: torch.Tensor) -> dict[str, torch.Tensor]:
+        """u (..., C, *X) -> {quantity: q (..., *X)} for each conserved quantity."""
+        raise NotImplementedError
+
+    def conserved(self, u: torch.Tensor) -> dict[str, torch.Tensor]:
+        """u (..., C, *X) -> {quantity: Q (...)}: domain integrals in physical units."""
+        dims = tuple(range(-self.ndim, 0))
+        return {k: q.sum(dim=dims) * self.cell_volume for k, q in self.densities(u).items()}
+
+    def conserved_scale(self, u: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Integral of |q|: a magnitude to divide drifts by, finite even when Q itself is ~0
+        (total momentum of a random IC is often near zero)."""
+        dims = tuple(range(-self.ndim, 0))
+        return {k: q.abs().sum(dim=dims) * self.cell_volume for k, q in self.densities(u).items()}
+
+    def solve(self, n: int, seed: int, progress=None) -> Trajectories:
+        """Generate n trajectories from random initial conditions (vectorized over trajectories)."""
+        raise NotImplementedError
+
+    def project_conserved(self, u: torch.Tensor, target: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Shift u (..., C, *X) so its conserved totals equal `target` (each (...)); problems without
+        a closed-form shift return u unchanged."""
+        return u
+
+
+def coordinates(problem: PDEProblem) -> dict[str, np.ndarray]:
+    names = ["x-coordinate", "y-coordinate", "z-coordinate"]
+    return {
+        names[a]: ((np.arange(n) + 0.5) * d).astype(np.float32)
+        for a, (n, d) in enumerate(zip(problem.shape, problem.dx))
+    }
+
+
+def random_smooth(gen: torch.Generator, n: int, shape: tuple[int, ...], k_max: int) -> torch.Tensor:
+    """Sum of random Fourier modes on the unit periodic box, scaled to max |f| = 1; (n, *X) float64.
+
+    In the spirit of PDEBench's "Rand" initial conditions: a few low wavenumbers with random
+    amplitudes and phases."""
+    grids = torch.meshgrid(*[(torch.arange(m, dtype=torch.float64) + 0.5) / m for m in shape], indexing="ij")
+    f = torch.zeros(n, *shape, dtype=torch.float64)
+    for _ in range(2 * len(shape) + 2):
+        k = torch.randint(1, k_max + 1, (n, len(shape)), generator=gen).to(torch.float64)
+        k = k * (torch.rand(n, len(shape), generator=gen, dtype=torch.float64) < 0.7)  # some axes flat
+        amp = torch.rand(n, generator=gen, dtype=torch.float64)
+        phase = 2 * math.pi * torch.rand(n, generator=gen, dtype=torch.float64)
+        arg = sum(k[:, a].view(-1, *[1] * len(shape)) * grids[a] for a in range(len(shape)))
+        f = f + amp.view(-1, *[1] * len(shape)) * torch.sin(2 * math.pi * arg + phase.view(-1, *[1] * len(shape)))
+    peak = f.flatten(1).abs().amax(dim=1).clamp_min(1e-12)
+    return f / peak.view(-1, *[1] * len(shape))

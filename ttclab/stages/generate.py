@@ -1,0 +1,53 @@
+"""Stage `generate`: trajectories from the problem's reference solver, in PDEBench's HDF5 layout."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data import pdebench
+from ..data.datasets import channel_stats, make_splits
+from ..problems import make_problem
+from . import stage
+from .common import DATA_ARTIFACT
+
+
+def conservation_drift(problem, fields: np.ndarray) -> dict[str, float]:
+    """Max over trajectories and time of |Q(t) - Q(0)| / integral |q(0)| for each conserved Q."""
+    u = torch.from_numpy(fields).double()
+    totals, scale = problem.conserved(u), problem.conserved_scale(u[:, :1])
+    return {k: float(((q - q[:, :1]).abs() / scale[k]).max()) for k, q in totals.items()}
+
+
+@stage("generate", key=("problem", "data"))
+def generate(cfg, ctx, run):
+    """Generate the data set (or validate an existing PDEBench file named by data.path)."""
+    problem = make_problem(cfg.problem)
+    if cfg.data.path:
+        with pdebench.PDEBenchFile(cfg.data.path, problem) as f:
+            run.log({"data/n_trajectories": f.n_trajectories, "data/n_snapshots": f.n_snapshots})
+        run.tags({"ttclab.data": str(Path(cfg.data.path).resolve())})
+        return {"path": Path(cfg.data.path)}
+    n = cfg.data.n_trajectories
+    start = time.perf_counter()
+    traj = problem.solve(n, cfg.data.seed, progress=ctx.progress)
+    seconds = time.perf_counter() - start
+    splits = make_splits(n, cfg.data)
+    mean, std = channel_stats(traj.fields[splits["train"]])
+    meta = {f"split_{k}": v for k, v in splits.items()} | {"norm_mean": mean, "norm_std": std}
+    drift = conservation_drift(problem, traj.fields)
+    cells = n * (traj.fields.shape[1] - 1) * int(np.prod(problem.shape))
+    run.log({"data/n_trajectories": n, "data/n_snapshots": traj.fields.shape[1], "data/solver_s": seconds,
+             "data/cell_snapshots_per_s": cells / seconds,
+             **{f"data/conservation/{k}": v for k, v in drift.items()}})
+    with tempfile.TemporaryDirectory() as tmp:
+        path = pdebench.write(Path(tmp) / f"{problem.name}.h5", problem, traj, meta)
+        run.artifact(path, DATA_ARTIFACT)
+    if ctx.progress:
+        print(f"[ttclab] generated {n} {problem.name} trajectories in {seconds:.1f}s "
+              f"(max conservation drift {max(drift.values()):.1e})")
+    return {"path": run.artifact_dir() / DATA_ARTIFACT / f"{problem.name}.h5"}

@@ -1,0 +1,79 @@
+"""Stage `train`: fit the one-step operator on the train split, keep the best checkpoint on val."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import torch
+
+from ..data.datasets import SplitData
+from ..metrics.rollout import default_horizons, mse_per_step, nrmse_per_step
+from ..models import make_model
+from ..problems import make_problem
+from ..training import checkpoint
+from ..training.loop import train as train_loop
+from ..ttc.rollout import rollout
+from . import stage
+from .common import OPERATOR_ARTIFACT, data_path
+
+
+@torch.no_grad()
+def rollout_report(model, data: SplitData, split: str, device) -> dict[str, float]:
+    """Deterministic rollout from t=0 over the whole horizon of a split: MSE / nRMSE at horizons."""
+    norm = data.normalizer.to(device)
+    true = data[split].to(device)
+    ndim = true.ndim - 3
+    pred = norm.decode(rollout(model.eval(), norm.encode(true[:, 0], ndim), true.shape[1] - 1), ndim)
+    mse, nrmse = mse_per_step(pred, true).mean(0), nrmse_per_step(pred, true).mean(0)
+    out = {}
+    for h in default_horizons(true.shape[1] - 1):
+        out[f"{split}/rollout_mse/h{h}"] = float(mse[h])
+        out[f"{split}/rollout_nrmse/h{h}"] = float(nrmse[h])
+    return out
+
+
+@stage("train", key=("problem", "data", "model", "train", "seed"))
+def train(cfg, ctx, run):
+    """Train the operator; log losses, rollout errors and the checkpoint (model/operator.pt)."""
+    problem = make_problem(cfg.problem)
+    data = SplitData(data_path(cfg, ctx), problem, cfg.data)
+    torch.manual_seed(cfg.seed)
+    model = make_model(cfg.model, n_fields=problem.n_fields, ndim=problem.ndim)
+    n_params = sum(p.numel() * (2 if p.is_complex() else 1) for p in model.parameters())
+    run.log({"model/n_params": n_params})
+    resume = checkpoint.read(ctx.tracker.resolve(ctx.inputs["resume"])) if "resume" in ctx.inputs else None
+    save_kw = dict(problem_cfg=cfg.to_dict()["problem"], model_cfg=cfg.to_dict()["model"], normalizer=data.normalizer)
+    with tempfile.TemporaryDirectory(prefix="ttclab-train-") as tmp:
+        return _fit(cfg, ctx, run, data, model, resume, save_kw, Path(tmp))
+
+
+def _fit(cfg, ctx, run, data, model, resume, save_kw, work: Path):
+    ndim = data["train"].ndim - 3
+
+    def normalized_pairs(split):
+        x, y = data.pairs(split, cfg.train.unroll)
+        return data.normalizer.encode(x, ndim), data.normalizer.encode(y.flatten(0, 1), ndim).view(y.shape)
+
+    def on_epoch(epoch, val, state):
+        # Resumable state after every epoch: a crash or Ctrl-C loses at most one epoch.
+        checkpoint.save(work / "last.pt", model=model, **save_kw, **{k: v for k, v in state.items() if k != "state_dict"})
+        run.report("val/loss", val, epoch)
+
+    try:
+        state = train_loop(model, normalized_pairs("train"), normalized_pairs("val"), cfg.train,
+                           device=ctx.device, seed=cfg.seed, log=run.log, on_epoch=on_epoch,
+                           resume=resume, progress=ctx.progress)
+    finally:
+        if (work / "last.pt").exists():
+            run.artifact(work / "last.pt", "model")
+    model.load_state_dict(state["best_state"])
+    path = checkpoint.save(work / Path(OPERATOR_ARTIFACT).name, model=model, **save_kw, best_val=state["best_val"])
+    run.artifact(path, str(Path(OPERATOR_ARTIFACT).parent))
+    report = rollout_report(model.to(ctx.device), data, "val", ctx.device)
+    run.log({"val/best_loss": state["best_val"], **report}, state["step"])
+    if ctx.progress:
+        final = max(int(k.rsplit("h", 1)[1]) for k in report if "rollout_mse" in k)
+        print(f"[ttclab] best val one-step loss {state['best_val']:.3e}; val rollout nRMSE "
+              f"h1 {report['val/rollout_nrmse/h1']:.3e}, h{final} {report[f'val/rollout_nrmse/h{final}']:.3e}")
+    return {"checkpoint": run.artifact_dir() / OPERATOR_ARTIFACT, **report}

@@ -1,0 +1,81 @@
+"""Operator checkpoints: plain `torch.save` dicts (configs as dicts, normalization, weights) that load
+with `torch.load(weights_only=True)`, so opening a checkpoint never runs pickled code."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from ..config import ConfigError, build
+from ..data.datasets import Normalizer
+from ..models import MODELS, make_model
+from ..problems import PROBLEMS, make_problem
+
+FORMAT = "ttclab.operator/1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot serve the requested problem; the message names the file and fix."""
+
+
+def save(path: str | Path, *, problem_cfg: dict, model_cfg: dict, normalizer: Normalizer, model, **extra) -> Path:
+    """Write to a temp file and rename, so a crash mid-save never leaves a truncated checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    blob = {
+        "format": FORMAT,
+        "problem": problem_cfg,
+        "model": model_cfg,
+        "norm_mean": normalizer.mean.cpu(),
+        "norm_std": normalizer.std.cpu(),
+        "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
+        **extra,
+    }
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(blob, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def read(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint; train one with `ttclab train` or fix the URI")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for corrupt or foreign files
+        raise CheckpointError(f"{path}: not a readable ttclab checkpoint ({type(err).__name__}); retrain it") from None
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a {FORMAT} checkpoint; retrain it with `ttclab train`")
+    return blob
+
+
+def load_operator(path: str | Path, expect_problem: str | None = None, device="cpu"):
+    """-> (model in eval mode, Normalizer, problem). Checks that the checkpoint's problem and weight
+    shapes match before loading, so a wrong checkpoint fails with a message, not a size mismatch."""
+    blob = read(path)
+    pcfg_d, mcfg_d = blob["problem"], blob["model"]
+    if expect_problem is not None and pcfg_d.get("type") != expect_problem:
+        raise CheckpointError(
+            f"{path}: checkpoint is for problem {pcfg_d.get('type')!r}, not {expect_problem!r}; "
+            f"pass an operator trained on {expect_problem}"
+        )
+    try:
+        problem = make_problem(build(PROBLEMS.get(pcfg_d["type"]).Config, pcfg_d, str(path), "problem"))
+        mcfg = build(MODELS.get(mcfg_d["type"]).Config, mcfg_d, str(path), "model")
+    except (ConfigError, KeyError) as err:
+        raise CheckpointError(f"{path}: stored config is invalid ({err}); retrain it") from None
+    model = make_model(mcfg, n_fields=problem.n_fields, ndim=problem.ndim)
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in blob["state_dict"].items()}
+    if want != got:
+        bad = sorted(set(want) ^ set(got)) or [k for k in want if want[k] != got[k]]
+        raise CheckpointError(
+            f"{path}: weights do not match a {mcfg_d['type']} with the stored config (first mismatch: "
+            f"{bad[0]} {got.get(bad[0])} vs {want.get(bad[0])}); the file is corrupt or from another version"
+        )
+    model.load_state_dict(blob["state_dict"])
+    normalizer = Normalizer(blob["norm_mean"], blob["norm_std"])
+    return model.to(device).eval(), normalizer.to(device), problem

@@ -1,0 +1,1 @@
+"""Test-time computing controllers: rollout baseline (and, with later stages, greedy and beam)."""
