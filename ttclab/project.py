@@ -24,6 +24,7 @@ from .config import ConfigError, build, deep_merge, flatten, parse_override, rea
 from .data.datasets import DataConfig
 from .models import MODELS
 from .problems import PROBLEMS
+from .sampling import SamplingConfig
 from .training.loop import TrainConfig
 
 # Sections whose dataclass depends on their `type` key.
@@ -38,6 +39,7 @@ class ProjectConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: Any = None
     train: TrainConfig = field(default_factory=TrainConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
     def to_dict(self) -> dict:
         return to_dict(self)
