@@ -13,6 +13,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
+
+# Test tensors are tiny: OpenMP fan-out gains nothing on them, and on a busy 2-core machine every
+# parallel op can wait a whole scheduler slice for its second thread (measured: sqrt of 3072
+# doubles 0.015 ms on one thread, ~16 ms on two), which made a 16x16 Euler solve take 4 s.
+torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_PROJECT = REPO / "projects" / "euler1d.yaml"

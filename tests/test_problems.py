@@ -9,8 +9,8 @@ import torch
 
 from ttclab.problems import make_problem
 
-# Float32 storage rounds each value to ~6e-8 relative; the tiny sets drift ~2e-8, so 1e-6 leaves a
-# 50x margin while any real flux imbalance (>= 1e-4 here) fails.
+# Float32 storage rounds each value to ~6e-8 relative and the tiny sets drift ~2e-8: 1e-6 leaves a
+# 50x margin for round-off and nothing for a flux that does not telescope.
 ROUND_OFF = 1e-6
 
 
