@@ -54,7 +54,6 @@ def train(
 ) -> dict:
     """Pairs are normalized (inputs (M, C, *X), targets (M, K, C, *X)). Returns the final state:
     {"best_val", "best_state", "epoch", ...}; `on_epoch` gets the resumable state after each epoch."""
-    gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -70,7 +69,9 @@ def train(
     bar = tqdm(total=cfg.epochs * steps_per_epoch, initial=state["step"], desc="train", disable=not progress)
     for epoch in range(state["epoch"], cfg.epochs):
         model.train()
-        perm = torch.randperm(len(inputs), generator=gen)
+        # The shuffle depends on (seed, epoch) alone, so a run resumed at any epoch sees the same
+        # batches as an uninterrupted one (one generator seeded once would restart its sequence).
+        perm = torch.randperm(len(inputs), generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
         running, seen = 0.0, 0
         for i in range(0, len(inputs), cfg.batch_size):
             idx = perm[i : i + cfg.batch_size]
@@ -81,7 +82,7 @@ def train(
             opt.step()
             sched.step()
             state["step"] += 1
-            running, seen = running + float(loss), seen + 1
+            running, seen = running + float(loss.detach()), seen + 1
             if state["step"] % cfg.log_every == 0:
                 log({"train/loss": running / seen, "train/lr": sched.get_last_lr()[0]}, state["step"])
                 bar.set_postfix(loss=f"{running / seen:.2e}")
