@@ -1,0 +1,137 @@
+"""Operator training loop and checkpoints: learning, round trips, wrong checkpoints, resume."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from ttclab.data.datasets import SplitData
+from ttclab.models import make_model
+from ttclab.problems import make_problem
+from ttclab.training import checkpoint
+from ttclab.training.checkpoint import CheckpointError
+from ttclab.training.loop import evaluate, train
+
+
+@pytest.fixture
+def setup(tiny_project, tiny_data_file):
+    """(config, problem, data, normalized train pairs, normalized val pairs) of the tiny euler1d."""
+    cfg = tiny_project("euler1d")
+    problem = make_problem(cfg.problem)
+    data = SplitData(tiny_data_file("euler1d"), problem, cfg.data)
+
+    def normalized(split):
+        x, y = data.pairs(split)
+        return data.normalizer.encode(x, 1), data.normalizer.encode(y.flatten(0, 1), 1).view(y.shape)
+
+    return cfg, problem, data, normalized("train"), normalized("val")
+
+
+def new_model(cfg, problem, seed=0):
+    torch.manual_seed(seed)
+    return make_model(cfg.model, n_fields=problem.n_fields, ndim=problem.ndim)
+
+
+def save(path, cfg, model, data, **extra):
+    return checkpoint.save(path, problem_cfg=cfg.to_dict()["problem"], model_cfg=cfg.to_dict()["model"],
+                           normalizer=data.normalizer, model=model, **extra)
+
+
+def test_training_lowers_the_loss(setup):
+    cfg, problem, data, train_pairs, val_pairs = setup
+    model = new_model(cfg, problem)
+    before = evaluate(model, *train_pairs, 64, "cpu"), evaluate(model, *val_pairs, 64, "cpu")
+    logged = []
+    tcfg = dataclasses.replace(cfg.train, epochs=6, batch_size=8, lr=1e-2)
+    state = train(model, train_pairs, val_pairs, tcfg, log=lambda m, s: logged.append((s, m)), progress=False)
+    after = evaluate(model, *train_pairs, 64, "cpu"), evaluate(model, *val_pairs, 64, "cpu")
+    assert after[0] < 0.5 * before[0] and after[1] < 0.5 * before[1]
+    steps_per_epoch = -(-len(train_pairs[0]) // 8)
+    assert state["epoch"] == 6 and state["step"] == 6 * steps_per_epoch
+    val_points = [m["val/loss"] for _, m in logged if "val/loss" in m]
+    assert len(val_points) == 6 and state["best_val"] == min(val_points)
+    assert len([m for _, m in logged if "train/loss" in m]) == 6 * steps_per_epoch  # log_every = 1
+
+
+def test_checkpoint_round_trip_gives_identical_predictions(tmp_path, setup):
+    cfg, problem, data, train_pairs, _ = setup
+    model = new_model(cfg, problem, seed=3).eval()
+    path = save(tmp_path / "operator.pt", cfg, model, data)
+    loaded, normalizer, loaded_problem = checkpoint.load_operator(path, expect_problem="euler1d")
+    u = train_pairs[0][:5]
+    assert torch.equal(loaded(u), model(u))
+    assert not loaded.training
+    assert torch.equal(normalizer.mean, data.normalizer.mean) and torch.equal(normalizer.std, data.normalizer.std)
+    assert loaded_problem.name == "euler1d" and loaded_problem.shape == problem.shape
+    # Plain tensors and dicts only: loadable without unpickling code.
+    assert torch.load(path, weights_only=True)["format"] == checkpoint.FORMAT
+
+
+def test_checkpoint_for_another_problem_is_refused(tmp_path, setup):
+    cfg, problem, data, _, _ = setup
+    path = save(tmp_path / "operator.pt", cfg, new_model(cfg, problem), data)
+    with pytest.raises(CheckpointError) as err:
+        checkpoint.load_operator(path, expect_problem="burgers1d")
+    assert str(path) in str(err.value) and "'euler1d'" in str(err.value) and "'burgers1d'" in str(err.value)
+
+
+def test_checkpoint_with_mismatched_weights_is_refused(tmp_path, setup):
+    cfg, problem, data, _, _ = setup
+    wider = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, width=16))
+    # Config says width 8, weights are width 16: a corrupt file or one from another version.
+    path = save(tmp_path / "operator.pt", cfg, new_model(wider, problem), data)
+    with pytest.raises(CheckpointError) as err:
+        checkpoint.load_operator(path)
+    assert str(path) in str(err.value) and "weights do not match" in str(err.value)
+    assert "lift.weight" in str(err.value)
+
+
+def test_non_checkpoint_files_are_refused(tmp_path):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a readable ttclab checkpoint"):
+        checkpoint.read(junk)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(CheckpointError, match="not a ttclab.operator/1 checkpoint"):
+        checkpoint.read(foreign)
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        checkpoint.read(tmp_path / "absent.pt")
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_resume_from_last_checkpoint_continues_where_it_stopped(tmp_path, setup):
+    """Crash after epoch 2 of 4, resume from the saved last.pt: epochs 3-4 run and the weights end
+    up where an uninterrupted run puts them (exactly so without dropout, whose masks come from the
+    global RNG that a checkpoint does not store)."""
+    cfg, problem, data, train_pairs, val_pairs = setup
+    tcfg = dataclasses.replace(cfg.train, epochs=4, batch_size=8)
+    reference = new_model(cfg, problem)
+    train(reference, train_pairs, val_pairs, tcfg, progress=False)
+
+    last = tmp_path / "last.pt"
+    model = new_model(cfg, problem)
+
+    def save_then_crash(epoch, val, state):
+        save(last, cfg, model, data, **{k: v for k, v in state.items() if k != "state_dict"})
+        if epoch == 2:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        train(model, train_pairs, val_pairs, tcfg, on_epoch=save_then_crash, progress=False)
+
+    resumed_epochs, steps = [], []
+    fresh = new_model(cfg, problem, seed=123)  # resume must not depend on the initial weights
+    final = train(fresh, train_pairs, val_pairs, tcfg, resume=checkpoint.read(last), progress=False,
+                  on_epoch=lambda epoch, val, state: resumed_epochs.append(epoch),
+                  log=lambda metrics, step: steps.append(step))
+    steps_per_epoch = -(-len(train_pairs[0]) // 8)
+    assert resumed_epochs == [3, 4]
+    assert min(steps) == 2 * steps_per_epoch + 1 and final["step"] == 4 * steps_per_epoch
+    for key, value in reference.state_dict().items():
+        torch.testing.assert_close(fresh.state_dict()[key], value, msg=key)
