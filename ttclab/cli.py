@@ -102,6 +102,38 @@ def ui(project, port):
     serve_ui(port, name)
 
 
+@main.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Worker processes; the cores are split among them.")
+@click.option("--n-trials", type=click.IntRange(min=0), default=0,
+              help="Total trials of the study (0 = the spec's n_trials).")
+@click.option("--storage", default=None, metavar="URI",
+              help="Optuna storage: a SQLAlchemy URL (postgresql+psycopg2://...) shared by many machines, or a "
+                   "journal file path; default: a journal file under the runs directory.")
+@click.option("--resume/--fresh", default=True, show_default=True,
+              help="Continue the stored study to n_trials, or delete it and start over.")
+@click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]), show_default=True)
+@click.option("--quiet", is_flag=True, help="Only errors and the final summary line.")
+def sweep(spec, workers, n_trials, storage, resume, device, quiet):
+    """Run (or continue) an Optuna sweep from a YAML spec: one nested MLflow run per trial."""
+    from .stages import set_threads
+    from .sweep import run_sweep
+
+    set_threads()
+    try:
+        summary = run_sweep(spec, workers=workers, n_trials=n_trials or None, storage=storage, fresh=not resume,
+                            device=device, quiet=quiet)
+    except USER_ERRORS as err:
+        _fail(err)
+    except KeyboardInterrupt:
+        click.echo("interrupted: running trials were marked failed and will be retried on resume", err=True)
+        sys.exit(130)
+    if summary and quiet:
+        best = summary["best"]
+        click.echo(f"[ttclab] sweep {summary['study']}: best trial {best['number']} {best['values']} {best['params']}")
+
+
 _register_stages()
 
 if __name__ == "__main__":

@@ -115,13 +115,20 @@ class Tracker:
 
     @contextmanager
     def start(self, project: str, stage: str, *, params: dict, tags: dict, parent: str | None = None,
-              name: str | None = None):
-        """Open a run (or attach to mlflow run's), yield a Run, and always close it: FINISHED on
-        success, KILLED on Ctrl-C or pruning, FAILED on any other exception."""
+              name: str | None = None, reopen: str | None = None):
+        """Open a run (or attach to mlflow run's, or `reopen` an existing one, e.g. a resumed sweep's
+        parent), yield a Run, and always close it: FINISHED on success, KILLED on Ctrl-C or
+        pruning, FAILED on any other exception."""
         all_tags = {"ttclab.stage": stage, "ttclab.project": project, **tags}
         if parent is not None:
             all_tags["mlflow.parentRunId"] = parent
-        if self._attach is not None:
+        if reopen is not None:
+            run_id = reopen
+            self.client.update_run(run_id, status="RUNNING")
+            if self._attach is not None:  # mlflow run's own run only points to the continued one
+                self.client.set_tag(self._attach, "ttclab.continued_in", run_id)
+                self._attach = None
+        elif self._attach is not None:
             run_id, self._attach = self._attach, None
             self.client.update_run(run_id, status="RUNNING", name=name or stage)
         else:
@@ -158,6 +165,23 @@ class Tracker:
 
     def run_info(self, run_id: str):
         return self.client.get_run(run_id)
+
+    def runs(self, tags: dict[str, str], status: str | None = None) -> list:
+        """Runs in any experiment carrying all `tags` (and `status`, e.g. RUNNING), newest first."""
+        clauses = [f"tags.`{k}` = '{v}'" for k, v in tags.items()]
+        if status is not None:
+            clauses.append(f"attributes.status = '{status}'")
+        exps = [e.experiment_id for e in self.client.search_experiments()]
+        return self.client.search_runs(exps, filter_string=" and ".join(clauses),
+                                       order_by=["attributes.start_time DESC"], max_results=1000)
+
+    def metrics(self, run_id: str) -> dict[str, float]:
+        """The latest value of every metric of a run."""
+        return dict(self.client.get_run(run_id).data.metrics)
+
+    def close(self, run_id: str, status: str) -> None:
+        """End a run left open by a dead process (FAILED) or the like."""
+        self.client.set_terminated(run_id, status=status)
 
     def artifact_dir(self, run_id: str) -> Path:
         """Local folder of a run's artifacts; downloaded once for remote stores."""

@@ -1,0 +1,126 @@
+"""`ttclab sweep SPEC`: validate the spec, open (or resume) the study and its MLflow parent run,
+compute the shared upstream results once, run the workers, then log the results on the parent.
+
+Running the same spec again continues the study to `n_trials` in total under the same parent run
+(found by its tags); `fresh=True` deletes the stored study and starts a new parent run.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from optuna.trial import TrialState
+
+from ..config import ConfigError
+from ..stages import STAGES, Context, resolve_device
+from ..tracking.store import Tracker
+from .report import finalize
+from .spec import SweepSpec, load_spec
+from .study import StaleTrialHandler, open_storage, open_study, recover_stale, storage_label, used
+from .worker import WorkerJob, job_json, progress_line, work
+
+# The get-or-run inputs each stage asks for (ttclab/stages). Those that no swept key changes are
+# computed once here, before any worker starts, so parallel trials share one data set, operator and
+# PRM instead of each worker training its own.
+INPUTS = {"train": ("generate",), "build_prm": ("train",), "train_prm": ("build_prm",), "ttc": ("train",)}
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+def shared_inputs(spec: SweepSpec, cfg) -> list[str]:
+    needs = list(INPUTS.get(spec.stage, ()))
+    if spec.stage == "ttc":
+        swept = spec.space.get("ttc.reward")
+        rewards = {cfg.ttc.reward, *(swept.choices or () if swept else ())}
+        if "prm" in rewards:
+            needs.append("train_prm")
+    order: list[str] = []
+
+    def visit(name: str) -> None:
+        for up in INPUTS.get(name, ()):
+            visit(up)
+        if name not in order:
+            order.append(name)
+
+    for name in needs:
+        visit(name)
+    swept = {key.split(".")[0] for key in spec.space}
+    return [n for n in order if n in STAGES and not swept & set(STAGES.get(n).key)]
+
+
+def run_sweep(spec_path: str | Path, *, workers: int = 1, n_trials: int | None = None, storage: str | None = None,
+              fresh: bool = False, device: str = "auto", quiet: bool = False, tracking_uri: str | None = None) -> dict | None:
+    """Run (or continue) a sweep; returns the best-trial summary logged as best_trial.json."""
+    def say(line: str) -> None:
+        if not quiet:
+            print(line, flush=True)
+
+    spec = load_spec(spec_path)
+    total = n_trials or spec.n_trials
+    if spec.sampler.type == "grid" and total > spec.grid_size():
+        say(f"[sweep {spec.name}] the grid has {spec.grid_size()} points: running that many trials")
+        total = spec.grid_size()
+    if workers < 1:
+        raise ConfigError("--workers must be >= 1")
+    tracker = Tracker(tracking_uri)
+    handler = StaleTrialHandler(tracker, spec.name)
+    store = open_storage(spec, storage, handler)
+    study = open_study(spec, store, fresh=fresh)
+    stale = recover_stale(study, store, handler)
+    say(f"[sweep {spec.name}] study in {storage_label(spec, storage)}: {used(study)}/{total} trials spent"
+        + (f"; trials {stale} of a dead worker failed and queued again" if stale else ""))
+    base = spec.config({})
+    found = [] if fresh else tracker.runs({"ttclab.sweep": spec.name, "ttclab.stage": "sweep"})
+    reopen = found[0].info.run_id if found else None
+    tags = {"ttclab.sweep": spec.name, "ttclab.sweep.stage": spec.stage,
+            "ttclab.sweep.storage": storage_label(spec, storage), "ttclab.sweep.n_trials": total}
+    with tracker.start(base.name, "sweep", params={} if reopen else base.flat(), tags=tags, name=spec.name,
+                       reopen=reopen) as parent:
+        if reopen is None:
+            parent.text(Path(spec.source).read_text(), "sweep.yaml")
+        ctx = Context(tracker, resolve_device(device), progress=not quiet, parent=parent.id,
+                      extra_tags={"ttclab.sweep": spec.name})
+        for name in shared_inputs(spec, base):
+            ctx.upstream(name, base)
+        job = WorkerJob(str(spec.source), storage, tracker.uri, parent.id, total, device)
+        if workers == 1:
+            work(job, on_trial=say)
+        else:
+            _run_workers(spec, job, workers, study, store, handler, say)
+        say(f"[sweep {spec.name}] parent run {parent.id} (experiment ttclab/{base.name})")
+        return finalize(spec, study, parent, ctx, say)
+
+
+def _run_workers(spec: SweepSpec, job: WorkerJob, workers: int, study, store, handler, say) -> None:
+    """N worker processes, each with its share of the cores; prints a line per finished trial and
+    recovers the trial of a worker that dies, so a surviving worker retries it."""
+    cores = len(os.sched_getaffinity(0))
+    env = {**os.environ, "TTCLAB_THREADS": str(max(1, cores // workers))}
+    procs = [subprocess.Popen([sys.executable, "-m", "ttclab.sweep.worker", job_json(replace(job, index=i))], env=env)
+             for i in range(workers)]
+    shown = {t.number for t in study.get_trials(deepcopy=False, states=FINISHED)}
+    exits: dict[int, int] = {}
+    try:
+        while len(exits) < len(procs):
+            time.sleep(0.5)
+            for i, proc in enumerate(procs):
+                if i not in exits and proc.poll() is not None:
+                    exits[i] = proc.returncode
+                    if proc.returncode not in (0, 2):
+                        recover_stale(study, store, handler)
+                        say(f"[sweep {spec.name}] worker {i} stopped (exit {proc.returncode}); its trial is queued again")
+            for trial in study.get_trials(deepcopy=False, states=FINISHED):
+                if trial.number not in shown:
+                    shown.add(trial.number)
+                    say(progress_line(spec, study, trial, job.n_trials))
+    except KeyboardInterrupt:
+        for proc in procs:  # they got the Ctrl-C too; let them mark their trials for retry
+            proc.wait()
+        raise
+    if all(code != 0 for code in exits.values()):
+        raise ConfigError(f"{spec.source}: every sweep worker failed (exit codes {sorted(exits.values())}); "
+                          "see the errors above")

@@ -1,0 +1,193 @@
+"""The Optuna side of a sweep: storage, sampler, pruner, the shared trial budget and stale trials.
+
+Storage: by default a JournalStorage file under `<TTCLAB_HOME>/runs/sweeps/` (Optuna's own advice
+for several processes on one machine; SQLite is not safe for parallel writers); any SQLAlchemy URL
+(`postgresql+psycopg2://...`) gives an RDBStorage that workers on many machines share, with a
+heartbeat so trials of a vanished worker are failed and retried.
+
+Stale trials: every trial records the host, PID and PID start time of its worker. On each start and
+before each new trial, a RUNNING trial whose worker process on this host is gone is failed, its
+MLflow run closed (FAILED), and its parameters enqueued again (Optuna's retry callback, so the
+retry carries `retry_history`). Retried trials do not count against `n_trials`.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+import warnings
+from pathlib import Path
+
+import optuna
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock, JournalStorage
+from optuna.trial import TrialState
+
+from ..config import ConfigError
+from ..tracking.store import home
+from .spec import SweepSpec
+
+# Heartbeats and the retry callback are marked experimental; they are the documented way to recover
+# trials of dead workers, so their warnings are noise here. Trials are summarized by our own lines.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+optuna.logging.set_verbosity(optuna.logging.ERROR)
+
+HEARTBEAT_S = 20  # RDB: a trial without a heartbeat for GRACE_S is stale
+GRACE_S = 60
+MAX_RETRY = 3  # a trial killed more often than this counts as an ordinary failure
+
+
+def journal_path(name: str) -> Path:
+    return home() / "runs" / "sweeps" / f"{name}.journal.log"
+
+
+def is_rdb(uri: str | None) -> bool:
+    return uri is not None and "://" in uri
+
+
+def storage_label(spec: SweepSpec, uri: str | None) -> str:
+    return uri if is_rdb(uri) else str(Path(uri) if uri else journal_path(spec.name))
+
+
+class StaleTrialHandler:
+    """Fails nothing itself: called with a trial already failed as stale, it closes the trial's
+    open MLflow runs and enqueues its parameters again (also the RDB heartbeat callback)."""
+
+    def __init__(self, tracker, sweep: str):
+        self.tracker, self.sweep = tracker, sweep
+        self.retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        tags = {"ttclab.sweep": self.sweep, "ttclab.trial": str(trial.number)}
+        for run in self.tracker.runs(tags, status="RUNNING"):
+            self.tracker.close(run.info.run_id, "FAILED")
+        self.retry(study, trial)
+
+
+def open_storage(spec: SweepSpec, uri: str | None, handler: StaleTrialHandler):
+    if is_rdb(uri):
+        return RDBStorage(uri, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                          heartbeat_stale_trial_callback=handler)
+    path = Path(uri) if uri else journal_path(spec.name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # The open(O_EXCL) lock works on local disks and NFSv3+; a lock left by a killed writer is
+    # broken after its grace period, so a kill -9 never wedges the study.
+    return JournalStorage(JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path))))
+
+
+def make_sampler(spec: SweepSpec, salt: int = 0) -> optuna.samplers.BaseSampler:
+    """`salt` (from the worker index and the trials so far) varies the seed, so parallel workers
+    and resumed runs draw new points instead of replaying the same random sequence."""
+    seed = spec.sampler.seed + salt
+    kind = spec.sampler.type
+    if kind == "tpe":
+        # constant_liar: running trials count as bad guesses, so parallel workers spread out.
+        return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if kind == "grid":
+        return optuna.samplers.GridSampler({k: p.grid() for k, p in spec.space.items()}, seed=seed)
+    if kind == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    try:
+        return optuna.samplers.CmaEsSampler(seed=seed)
+    except ImportError:
+        raise ConfigError(f"{spec.source}: sampler.type: cmaes needs the `cmaes` package (pip install cmaes)") from None
+
+
+def make_pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:
+    p = spec.pruner
+    if p.type == "none" or spec.multi:  # Optuna prunes single-objective studies only
+        return optuna.pruners.NopPruner()
+    if p.type == "wilcoxon":
+        return optuna.pruners.WilcoxonPruner(n_startup_steps=p.n_warmup_steps)
+    return optuna.pruners.MedianPruner(n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps)
+
+
+def open_study(spec: SweepSpec, storage, *, fresh: bool = False, worker: int = 0) -> optuna.Study:
+    name = spec.name
+    if fresh and name in {s.study_name for s in optuna.study.get_all_study_summaries(storage)}:
+        optuna.delete_study(study_name=name, storage=storage)
+    directions = [o.direction for o in spec.objective]
+    study = optuna.create_study(study_name=name, storage=storage, directions=directions,
+                                pruner=make_pruner(spec), load_if_exists=True)
+    stored = [d.name.lower() for d in study.directions]
+    if stored != directions:
+        raise ConfigError(f"{spec.source}: objective: the stored study {name!r} optimizes {stored}; "
+                          "run with --fresh to start over")
+    study.sampler = make_sampler(spec, worker + 1000 * len(study.get_trials(deepcopy=False)))
+    return study
+
+
+def retried(study: optuna.Study) -> set[int]:
+    return {n for t in study.get_trials(deepcopy=False) for n in t.system_attrs.get("retry_history", [])}
+
+
+def used(study: optuna.Study) -> int:
+    """Trials spent from the budget: all but those failed as stale and re-enqueued, and the
+    enqueued (WAITING) ones not started yet."""
+    skip = retried(study)
+    return sum(1 for t in study.get_trials(deepcopy=False) if t.number not in skip and t.state != TrialState.WAITING)
+
+
+def _start_time(pid: int) -> str | None:
+    """Process start time (clock ticks since boot) or None when the process is gone or a zombie;
+    comparing it guards against a recycled PID."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    return None if fields[0] in ("Z", "X") else fields[19]
+
+
+def worker_attrs() -> dict:
+    pid = os.getpid()
+    return {"ttclab.host": socket.gethostname(), "ttclab.pid": pid, "ttclab.pid_start": _start_time(pid)}
+
+
+def _alive(attrs: dict) -> bool:
+    started = _start_time(attrs["ttclab.pid"])
+    return started is not None and started == attrs.get("ttclab.pid_start")
+
+
+def recover_stale(study: optuna.Study, storage, handler: StaleTrialHandler) -> list[int]:
+    """Fail RUNNING trials whose worker on this host has died; returns their numbers. Goes through
+    the storage, not `study.tell`, which would also run the sampler's end-of-trial hook."""
+    host = socket.gethostname()
+    study_id = storage.get_study_id_from_name(study.study_name)
+    stale = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        attrs = trial.user_attrs
+        if attrs.get("ttclab.host") != host or "ttclab.pid" not in attrs or _alive(attrs):
+            continue  # alive, or another machine's worker (the RDB heartbeat covers those)
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+        try:
+            storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another process recovered it first
+        handler(study, storage.get_trial(trial_id))
+        stale.append(trial.number)
+    return stale
+
+
+class BudgetLock:
+    """Serializes "count the budget, then create a trial" among this machine's workers, so
+    n_trials is met exactly (workers on other machines may overshoot by one trial each). Released
+    by the worker as soon as its new trial exists in the storage."""
+
+    def __init__(self, spec: SweepSpec, uri: str | None):
+        self.path = Path(f"{uri}.budget-lock") if uri and not is_rdb(uri) else journal_path(spec.name).with_suffix(".lock")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = None
+
+    def acquire(self) -> None:
+        self._fh = open(self.path, "a")
+        fcntl.flock(self._fh, fcntl.LOCK_EX)
+
+    def release(self) -> None:
+        if self._fh is not None:
+            fcntl.flock(self._fh, fcntl.LOCK_UN)
+            self._fh.close()
+            self._fh = None
