@@ -24,7 +24,9 @@ from .config import ConfigError, build, deep_merge, flatten, parse_override, rea
 from .data.datasets import DataConfig
 from .models import MODELS
 from .problems import PROBLEMS
+from .rewards.arm import ARMConfig
 from .sampling import SamplingConfig
+from .ttc.search import TTCConfig
 from .training.loop import TrainConfig
 
 # Sections whose dataclass depends on their `type` key.
@@ -40,6 +42,8 @@ class ProjectConfig:
     model: Any = None
     train: TrainConfig = field(default_factory=TrainConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    ttc: TTCConfig = field(default_factory=TTCConfig)
+    arm: ARMConfig = field(default_factory=ARMConfig)
 
     def to_dict(self) -> dict:
         return to_dict(self)

@@ -75,6 +75,11 @@ class PDEProblem:
         dims = tuple(range(-self.ndim, 0))
         return {k: q.abs().sum(dim=dims) * self.cell_volume for k, q in self.densities(u).items()}
 
+    def boundary_violation(self, u: torch.Tensor) -> torch.Tensor:
+        """u (..., C, *X) -> (...): how far u breaks the boundary conditions. A periodic grid has no
+        boundary to break; problems with Dirichlet/Neumann walls override this."""
+        return u.new_zeros(u.shape[: u.ndim - self.ndim - 1])
+
     def solve(self, n: int, seed: int, progress=None) -> Trajectories:
         """Generate n trajectories from random initial conditions (vectorized over trajectories)."""
         raise NotImplementedError

@@ -1,0 +1,67 @@
+"""Analytical reward model (ARM): physics penalties of a candidate relative to the current state.
+
+Terms, each (B, N) and >= 0, read from the problem's declared physics:
+    conservation  |Q(candidate) - Q(prev)| / integral |q(prev)|   for every conserved Q
+    bc            the problem's boundary-condition violation (0 on periodic grids)
+    positivity    sum over positive fields f of mean_x relu(-f) / mean_x |f_prev|
+score = -(w_mass * mass + w_momentum * momentum(s) + w_energy * energy + w_bc * bc
+          + w_positivity * positivity), higher is better.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from . import REWARDS
+
+
+@dataclass
+class ARMConfig:
+    w_mass: float = 1.0
+    w_momentum: float = 1.0
+    w_energy: float = 1.0
+    w_bc: float = 1.0
+    w_positivity: float = 1.0
+
+    def validate(self):
+        if min(self.w_mass, self.w_momentum, self.w_energy, self.w_bc, self.w_positivity) < 0:
+            raise ValueError("ARM weights must be >= 0")
+
+    def weight(self, term: str) -> float:
+        # momentum_x / momentum_y (2D) share the momentum weight
+        return getattr(self, "w_" + term.split("_")[0])
+
+
+def arm_terms(problem, candidates: torch.Tensor, prev: torch.Tensor) -> dict[str, torch.Tensor]:
+    """candidates (B, N, C, *X), prev (B, C, *X) -> {term: (B, N)} penalties, physical units."""
+    now = problem.conserved(candidates)
+    before = problem.conserved(prev)
+    scale = problem.conserved_scale(prev)
+    terms = {k: (now[k] - before[k].unsqueeze(1)).abs() / scale[k].unsqueeze(1).clamp_min(1e-12) for k in now}
+    terms["bc"] = problem.boundary_violation(candidates)
+    space = tuple(range(-problem.ndim, 0))
+    positivity = candidates.new_zeros(candidates.shape[:2])
+    for name in problem.positive:
+        c = problem.channel(name)
+        ref = prev[:, c].abs().mean(dim=space).clamp_min(1e-12).unsqueeze(1)
+        positivity = positivity + torch.relu(-candidates[:, :, c]).mean(dim=space) / ref
+    terms["positivity"] = positivity
+    return terms
+
+
+def arm_score(terms: dict[str, torch.Tensor], cfg: ARMConfig) -> torch.Tensor:
+    return -sum(cfg.weight(k) * v for k, v in terms.items())
+
+
+@REWARDS.register("arm")
+def arm_reward(problem=None, arm: ARMConfig | None = None, **_):
+    cfg = arm or ARMConfig()
+
+    def score(candidates, prev, truth=None):
+        terms = arm_terms(problem, candidates, prev)
+        score.last_terms = terms  # the controller logs which term drove each choice
+        return arm_score(terms, cfg)
+
+    return score
