@@ -5,6 +5,7 @@ Fixtures meant for every test module:
     tiny_project(problem="euler1d", *overrides) -> ProjectConfig   small grid/model/epochs
     tiny_data_file(problem="euler1d") -> Path                      PDEBench-layout file, session-cached
     isolated_tracking -> str                                      tracking URI in tmp_path, env isolated
+    tracking_store_in(monkeypatch, folder) -> str                 the same for module/session fixtures
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def build_tiny_project(problem: str = "euler1d", *overrides: str):
     return build_project(raw, f"{DEFAULT_PROJECT} (tiny test overrides)")
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def tiny_project():
     """Factory: tiny_project("burgers1d", "train.epochs=3") -> ProjectConfig."""
     return build_tiny_project
@@ -104,21 +105,29 @@ def _empty_tracking_db(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("tracking-template") / "mlflow.db"
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("MLFLOW_RUN_ID", raising=False)  # Tracker would otherwise consume it
+        mp.chdir(path.parent)  # MLflow roots the Default experiment's artifacts at ./mlruns
         Tracker(f"sqlite:///{path}")
     return path
 
 
-def isolate_tracking(mp: pytest.MonkeyPatch, folder: Path, template: Path) -> str:
-    """Point TTCLAB_HOME and MLFLOW_TRACKING_URI into `folder` and forget any mlflow-run run id."""
-    shutil.copy(template, folder / "mlflow.db")
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
-    mp.setenv("TTCLAB_HOME", str(folder))
-    mp.setenv("MLFLOW_TRACKING_URI", uri)
-    mp.delenv("MLFLOW_RUN_ID", raising=False)
-    return uri
+@pytest.fixture(scope="session")
+def tracking_store_in(_empty_tracking_db):
+    """Factory for fixtures wider than one test: tracking_store_in(mp, folder) points TTCLAB_HOME and
+    MLFLOW_TRACKING_URI into `folder` (via the MonkeyPatch `mp`), forgets any `mlflow run` run id,
+    and returns the URI of the fresh store there."""
+
+    def isolate(mp: pytest.MonkeyPatch, folder: Path) -> str:
+        shutil.copy(_empty_tracking_db, folder / "mlflow.db")
+        uri = f"sqlite:///{folder / 'mlflow.db'}"
+        mp.setenv("TTCLAB_HOME", str(folder))
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mp.delenv("MLFLOW_RUN_ID", raising=False)
+        return uri
+
+    return isolate
 
 
 @pytest.fixture
-def isolated_tracking(monkeypatch, tmp_path, _empty_tracking_db) -> str:
-    """A fresh tracking store in tmp_path (artifacts too); returns its URI."""
-    return isolate_tracking(monkeypatch, tmp_path, _empty_tracking_db)
+def isolated_tracking(monkeypatch, tmp_path, tracking_store_in) -> str:
+    """A fresh tracking store in tmp_path (artifacts too) for one test; returns its URI."""
+    return tracking_store_in(monkeypatch, tmp_path)

@@ -1,0 +1,151 @@
+"""Stages as MLflow runs in a temporary store: params, tags, metrics, artifacts, get-or-run, failures."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ttclab.data.pdebench import DataError, PDEBenchFile
+from ttclab.problems import make_problem
+from ttclab.stages import STAGES, Context
+from ttclab.tracking import store
+from ttclab.tracking.store import Tracker
+from ttclab.training.checkpoint import load_operator
+
+
+@pytest.fixture(scope="module")
+def two_trains(tmp_path_factory, tracking_store_in, tiny_project):
+    """`train` run twice on the tiny euler1d in a fresh store; the first must generate its data."""
+    with pytest.MonkeyPatch.context() as mp:
+        home = tmp_path_factory.mktemp("store")
+        tracker = Tracker(tracking_store_in(mp, home))
+        cfg = tiny_project("euler1d")
+        ctx = Context(tracker, progress=False)
+        first, outputs = ctx.run("train", cfg)
+        second, _ = ctx.run("train", cfg)
+        yield {"tracker": tracker, "cfg": cfg, "first": first, "second": second, "outputs": outputs,
+               "home": home}
+
+
+def runs_by_stage(tracker, project="euler1d") -> dict[str, list]:
+    exp = tracker.client.get_experiment_by_name(f"ttclab/{project}")
+    out: dict[str, list] = {}
+    for run in tracker.client.search_runs([exp.experiment_id]):
+        out.setdefault(run.data.tags["ttclab.stage"], []).append(run)
+    return out
+
+
+def test_train_makes_a_generate_and_a_train_run_and_reuses_generate(two_trains):
+    runs = runs_by_stage(two_trains["tracker"])
+    assert sorted(runs) == ["generate", "train"]
+    assert len(runs["generate"]) == 1  # get-or-run: the second train found the finished generate run
+    assert {r.info.run_id for r in runs["train"]} == {two_trains["first"], two_trains["second"]}
+    assert all(r.info.status == "FINISHED" and r.info.end_time for rs in runs.values() for r in rs)
+
+
+def test_runs_carry_the_flat_config_and_contract_tags(two_trains):
+    cfg, tracker = two_trains["cfg"], two_trains["tracker"]
+    expected = {k: str(v) for k, v in cfg.flat().items()} | {"device": "cpu"}
+    for run in [r for rs in runs_by_stage(tracker).values() for r in rs]:
+        assert run.data.params == expected
+        stage = run.data.tags["ttclab.stage"]
+        assert run.data.tags["ttclab.project"] == "euler1d"
+        assert run.data.tags["ttclab.key"] == cfg.key(*STAGES.get(stage).key)
+    params = tracker.run_info(two_trains["first"]).data.params
+    assert params["train.epochs"] == "2" and params["model.width"] == "8" and params["problem.n_cells"] == "32"
+
+
+def test_train_run_logs_loss_curves(two_trains):
+    client, run_id, cfg = two_trains["tracker"].client, two_trains["first"], two_trains["cfg"]
+    train_loss = client.get_metric_history(run_id, "train/loss")
+    val_loss = client.get_metric_history(run_id, "val/loss")
+    steps = [m.step for m in train_loss]
+    assert len(steps) > 1 and steps == sorted(steps) and len(set(steps)) == len(steps)
+    assert len(val_loss) == cfg.train.epochs and max(m.step for m in val_loss) == max(steps)
+    metrics = client.get_run(run_id).data.metrics
+    assert "val/best_loss" in metrics and "val/rollout_nrmse/h1" in metrics
+    assert all(torch.isfinite(torch.tensor(m.value)) for m in train_loss + val_loss)
+
+
+def test_train_run_stores_a_loadable_checkpoint(two_trains):
+    tracker, run_id = two_trains["tracker"], two_trains["first"]
+    assert "model/operator.pt" in [a.path for a in tracker.client.list_artifacts(run_id, "model")]
+    path = tracker.resolve(f"runs:/{run_id}/model/operator.pt")
+    assert path == two_trains["outputs"]["checkpoint"]
+    assert path.is_relative_to(two_trains["home"])  # artifacts follow TTCLAB_HOME, not the cwd
+    model, _, problem = load_operator(path, expect_problem="euler1d")
+    assert model(torch.zeros(1, 3, 32)).shape == (1, 3, 32) and problem.shape == (32,)
+
+
+def test_generate_run_stores_the_data_file(two_trains):
+    tracker = two_trains["tracker"]
+    (gen,) = runs_by_stage(tracker)["generate"]
+    problem = make_problem(two_trains["cfg"].problem)
+    with PDEBenchFile(tracker.resolve(f"runs:/{gen.info.run_id}/data/euler1d.h5"), problem) as f:
+        assert (f.n_trajectories, f.n_snapshots) == (12, 9)
+        assert f.meta("split_train") is not None and f.meta("norm_mean") is not None
+    assert max(v for k, v in gen.data.metrics.items() if k.startswith("data/conservation/")) < 1e-6
+
+
+def test_metrics_go_out_in_batches(isolated_tracking, tiny_project, tiny_data_file, monkeypatch):
+    tracker = Tracker(isolated_tracking)
+    calls = []
+    log_batch = tracker.client.log_batch
+    monkeypatch.setattr(tracker.client, "log_batch",
+                        lambda run_id, **kw: calls.append(len(kw.get("metrics") or [])) or log_batch(run_id, **kw))
+    monkeypatch.setattr(tracker.client, "log_metric", lambda *a, **kw: pytest.fail("per-value log_metric call"))
+    cfg = tiny_project("euler1d", f"data.path={tiny_data_file('euler1d')}")
+    Context(tracker, progress=False).run("train", cfg)
+    metric_calls = [n for n in calls if n]
+    assert len(metric_calls) == 1 and metric_calls[0] > 20  # all points of a tiny run in one call
+
+
+def test_failing_stage_ends_failed(isolated_tracking, tiny_project, tmp_path):
+    tracker = Tracker(isolated_tracking)
+    cfg = tiny_project("euler1d", f"data.path={tmp_path / 'absent.h5'}")
+    with pytest.raises(DataError):
+        Context(tracker, progress=False).run("train", cfg)
+    (run,) = runs_by_stage(tracker)["train"]
+    assert run.info.status == "FAILED" and run.info.end_time
+
+
+def test_interrupted_stage_ends_killed(isolated_tracking, tiny_project, monkeypatch):
+    def interrupted(cfg, ctx, run):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(STAGES.get("generate"), "fn", interrupted)
+    tracker = Tracker(isolated_tracking)
+    with pytest.raises(KeyboardInterrupt):
+        Context(tracker, progress=False).run("generate", tiny_project("euler1d"))
+    (run,) = runs_by_stage(tracker)["generate"]
+    assert run.info.status == "KILLED"
+
+
+def test_stage_attaches_to_the_run_mlflow_run_created(isolated_tracking, tiny_project, tmp_path, monkeypatch):
+    """Under `mlflow run`, MLFLOW_RUN_ID names a run that already exists: log into it, once."""
+    client = Tracker(isolated_tracking).client
+    exp = client.create_experiment("mlflow-run", artifact_location=(tmp_path / "art").as_uri())
+    created = client.create_run(exp).info.run_id
+    monkeypatch.setenv("MLFLOW_RUN_ID", created)
+    tracker = Tracker(isolated_tracking)
+    run_id, _ = Context(tracker, progress=False).run("generate", tiny_project("euler1d"))
+    assert run_id == created
+    run = tracker.run_info(created)
+    assert run.info.status == "FINISHED" and run.data.tags["ttclab.stage"] == "generate"
+    assert len(client.search_runs([exp])) == 1
+    assert tracker.client.get_experiment_by_name("ttclab/euler1d") is None
+    # The run id is consumed: a later stage in the same process opens its own run.
+    second, _ = Context(tracker, progress=False).run("generate", tiny_project("euler1d"))
+    assert second != created
+
+
+def test_default_store_is_absolute_and_overridable(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("TTCLAB_HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path.parent)
+    assert store.default_tracking_uri() == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.delenv("TTCLAB_HOME")
+    uri = store.default_tracking_uri()
+    assert uri.startswith("sqlite:////") and uri.endswith("/mlflow.db")  # absolute, cwd-independent
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking.example:5000")
+    assert store.default_tracking_uri() == "http://tracking.example:5000"
