@@ -1,0 +1,160 @@
+"""Project configs (the CLI's input) and the command line: clear one-line errors, help everywhere."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from ttclab.cli import main
+from ttclab.config import ConfigError
+from ttclab.project import load_project
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT = REPO / "projects" / "euler1d.yaml"
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+# --- configs -------------------------------------------------------------------------------------
+
+def test_default_project_loads_with_overrides():
+    cfg = load_project(DEFAULT, ["train.epochs=3", "train.lr=1e-3", "problem.limiter=mc"])
+    assert (cfg.train.epochs, cfg.train.lr, cfg.problem.limiter) == (3, 1e-3, "mc")
+    assert isinstance(cfg.train.lr, float) and cfg.problem.type == "euler1d"
+    flat = cfg.flat()
+    assert flat["train.epochs"] == 3 and flat["model.width"] == cfg.model.width
+
+
+def test_unknown_yaml_key_lists_valid_keys(tmp_path):
+    path = write(tmp_path / "p.yaml", f"base: {DEFAULT}\ntrain:\n  epochz: 3\n")
+    with pytest.raises(ConfigError) as err:
+        load_project(path)
+    message = str(err.value)
+    assert str(path) in message and "train.epochz" in message
+    assert "epochs" in message and "batch_size" in message and "lr" in message
+
+
+def test_unknown_top_level_section_lists_sections(tmp_path):
+    path = write(tmp_path / "p.yaml", f"base: {DEFAULT}\ntrian: {{epochs: 3}}\n")
+    with pytest.raises(ConfigError, match=r"unknown key trian;.*train"):
+        load_project(path)
+
+
+def test_unknown_override_key_fails():
+    with pytest.raises(ConfigError) as err:
+        load_project(DEFAULT, ["model.widht=3"])
+    assert "model.widht" in str(err.value) and "width" in str(err.value)
+
+
+@pytest.mark.parametrize("override, complaint", [
+    ("train.epochs=abc", "must be an integer"),
+    ("train.epochs=2.5", "must be an integer"),
+    ("train.lr=fast", "must be a number"),
+    ("model.dropout=true", "must be a number"),
+    ("problem.limiter=3", "must be a string"),
+])
+def test_wrong_type_fails(override, complaint):
+    with pytest.raises(ConfigError) as err:
+        load_project(DEFAULT, [override])
+    assert override.split("=")[0] in str(err.value) and complaint in str(err.value)
+
+
+def test_invalid_value_fails_validation():
+    with pytest.raises(ConfigError, match="sum to 1"):
+        load_project(DEFAULT, ["data.train=0.9"])
+
+
+def test_unknown_problem_type_lists_problems():
+    with pytest.raises(ConfigError, match="burgers1d.*euler1d.*euler2d"):
+        load_project(DEFAULT, ["problem.type=heat3d"])
+
+
+def test_malformed_yaml_names_file_and_line(tmp_path):
+    path = write(tmp_path / "bad.yaml", "name: x\ntrain:\n  epochs: [3\n  lr: 1\n")
+    with pytest.raises(ConfigError) as err:
+        load_project(path)
+    assert str(path) in str(err.value) and "line 4" in str(err.value) and "malformed YAML" in str(err.value)
+
+
+def test_base_inheritance(tmp_path):
+    parent = write(tmp_path / "parent.yaml", f"base: {DEFAULT}\ntrain: {{epochs: 7, lr: 0.01}}\n")
+    (tmp_path / "sub").mkdir()
+    child = write(tmp_path / "sub" / "child.yaml", "base: ../parent.yaml\nname: child\ntrain: {epochs: 5}\n")
+    cfg, default = load_project(child), load_project(DEFAULT)
+    assert cfg.name == "child" and cfg.train.epochs == 5  # the child wins
+    assert cfg.train.lr == 0.01  # from the parent, relative to the child
+    assert cfg.model == default.model and cfg.problem == default.problem  # from the grandparent
+
+
+def test_base_cycle_is_an_error(tmp_path):
+    write(tmp_path / "a.yaml", "base: b.yaml\n")
+    write(tmp_path / "b.yaml", "base: a.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_project(tmp_path / "a.yaml")
+
+
+# --- command line --------------------------------------------------------------------------------
+
+def invoke(*args):
+    return CliRunner().invoke(main, list(map(str, args)))
+
+
+def assert_one_line_error(result, *needles):
+    assert result.exit_code != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.output
+    for needle in needles:
+        assert needle in lines[0]
+
+
+def test_help_on_every_command():
+    result = invoke("--help")
+    assert result.exit_code == 0
+    for name in ("generate", "train", "ui"):
+        assert name in result.output
+    for name in main.commands:
+        sub = invoke(name, "--help")
+        assert sub.exit_code == 0, (name, sub.output)
+        assert f"Usage: main {name}" in sub.output
+
+
+def test_stage_commands_take_the_common_options():
+    for name in ("generate", "train"):
+        out = invoke(name, "--help").output
+        for option in ("--set", "--device", "--seed", "--quiet"):
+            assert option in out, (name, option)
+
+
+def test_unknown_set_key_is_a_one_line_error(isolated_tracking):
+    result = invoke("train", DEFAULT, "--set", "train.nope=1")
+    assert_one_line_error(result, "train.nope", "valid keys", "epochs", "batch_size")
+
+
+def test_set_without_equals_is_a_one_line_error(isolated_tracking):
+    assert_one_line_error(invoke("generate", DEFAULT, "--set", "train.epochs"), "KEY=VALUE")
+
+
+def test_missing_project_file_is_a_one_line_error(isolated_tracking, tmp_path):
+    missing = tmp_path / "nope.yaml"
+    assert_one_line_error(invoke("train", missing), str(missing), "no such file")
+
+
+def test_bad_data_path_is_a_one_line_error(isolated_tracking, tmp_path):
+    missing = tmp_path / "absent.h5"
+    result = invoke("generate", DEFAULT, "--quiet", "--device", "cpu", "--set", f"data.path={missing}")
+    assert_one_line_error(result, str(missing), "no such data file")
+
+
+def test_python_dash_m_ttclab_help():
+    result = subprocess.run([sys.executable, "-m", "ttclab", "--help"], cwd=REPO, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "Usage:" in result.stdout and "train" in result.stdout
