@@ -29,7 +29,8 @@ def _parse_inputs(items: tuple[str, ...]) -> dict[str, str]:
         name, sep, uri = item.partition("=")
         if not sep:
             raise ConfigError(f"--input {item!r}: expected STAGE=URI, e.g. --input operator=runs:/<id>/model/operator.pt")
-        out[name] = uri
+        if uri:  # an empty URI (an unset MLproject parameter) means get-or-run
+            out[name] = uri
     return out
 
 

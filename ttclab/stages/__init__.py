@@ -80,4 +80,4 @@ def set_threads(n: int | None = None) -> None:
         torch.set_num_threads(n)
 
 
-from . import generate, train, ttc  # noqa: E402,F401  (registration)
+from . import compare, demo, generate, train, ttc  # noqa: E402,F401  (registration)

@@ -9,7 +9,9 @@ under `control/<name>/...`, so no gain can be credited to a reward that random p
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import json
 
 import numpy as np
 import torch
@@ -40,6 +42,14 @@ def _reward(name, cfg, ctx, problem, seed):
     return make_reward(name, problem=problem, arm=cfg.arm, generator=torch.Generator().manual_seed(seed + 1))
 
 
+def comparison_key(cfg) -> str:
+    """Runs that share this key differ only in the selector and the projection flag, so they
+    belong in one comparison table (same data, operator, sampler, N, K, split, ICs)."""
+    ttc = {k: v for k, v in cfg.to_dict()["ttc"].items() if k not in ("reward", "project_conservation")}
+    blob = json.dumps([cfg.key("problem", "data", "model", "train", "seed", "sampling"), ttc], sort_keys=True)
+    return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
 def _evaluate(problem, truth, traj):
     return {"traj": traj, "mse": mse_per_step(traj, truth), "nrmse": nrmse_per_step(traj, truth),
             "drift": conservation_drift(problem, traj)}
@@ -53,7 +63,8 @@ def ttc(cfg, ctx, run):
     data = SplitData(data_path(cfg, ctx), problem, cfg.data)
     truth = data[t.split][: t.n_ics or None].to(ctx.device)
     run.tags({"ttclab.selector": t.reward, "ttclab.sampler": cfg.sampling.sampler, "ttclab.split": t.split,
-              "ttclab.projection": str(t.project_conservation).lower()})
+              "ttclab.projection": str(t.project_conservation).lower(),
+              "ttclab.compare_key": comparison_key(cfg)})
 
     def rollout(name, project=t.project_conservation):
         gen = torch.Generator(device=ctx.device).manual_seed(cfg.sampling.seed)

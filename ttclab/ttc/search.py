@@ -71,44 +71,62 @@ def search(model, normalizer, problem, truth: torch.Tensor, selector: str, rewar
     n = 1 if deterministic else branching
     k_keep = 1 if selector in ("baseline", "ensemble") else beam
     totals = problem.conserved(truth[:, 0]) if project else None
+
+    def physical(cand_n, ic):
+        """Normalized candidates (R, N, C, *X) of ICs `ic` (R,) -> (normalized, physical), projected
+        onto the ICs' conserved totals when asked."""
+        cand = normalizer.decode(cand_n, nd)
+        if project:
+            cand = problem.project_conserved(cand, {q: v[ic].unsqueeze(1) for q, v in totals.items()})
+            cand_n = normalizer.encode(cand, nd)
+        return cand_n, cand
+
     hist = normalizer.encode(truth[:, 0], nd)[:, None, None]  # (B, K, t+1, C, *X)
     cum = truth.new_zeros(b, 1)
     out = SearchResult(trajectory=truth)
     for t in range(steps):
         kc = hist.shape[1]
+        ic = torch.arange(b, device=truth.device).repeat_interleave(kc)  # IC of each row
         x = hist[:, :, -1].flatten(0, 1)  # (B*Kc, C, *X)
         if deterministic:
             cand_n = model(x).unsqueeze(1)
         else:
             cand_n = sampling.candidates(model, x, n, sampling_cfg, generator)
         out.model_evals += x.shape[0] * n
-        cand = normalizer.decode(cand_n, nd)
-        if project:
-            target = {q: v.repeat_interleave(kc).unsqueeze(1) for q, v in totals.items()}
-            cand = problem.project_conserved(cand, target)
-            cand_n = normalizer.encode(cand, nd)
+        cand_n, cand = physical(cand_n, ic)
         valid = torch.isfinite(cand).flatten(2).all(dim=2)  # (B*Kc, N)
         if selector in ("baseline", "ensemble"):
             chosen, fallback = _mean_of_valid(cand_n, valid)
-            hist = torch.cat([hist, chosen.view(b, 1, 1, *chosen.shape[1:])], dim=2)
+            scores = None
         else:
-            prev = normalizer.decode(x, nd)
-            step_truth = truth[:, t + 1].repeat_interleave(kc, dim=0)
-            scores = reward(torch.nan_to_num(cand), prev, step_truth)
+            step_truth = truth[ic, t + 1]
+            scores = reward(torch.nan_to_num(cand), normalizer.decode(x, nd), step_truth)
             out.reward_evals += scores.numel()
             scores = torch.where(valid, scores, torch.full_like(scores, -torch.inf))
-            fallback = _collapsed(scores, valid, selector)
-            if fallback.any():
-                cand_n, scores = _fall_back(model, x, cand_n, scores, fallback)
-                out.model_evals += int(fallback.sum())
+            fallback = _collapsed(scores, valid, selector, getattr(reward, "tolerance", 0.0))
             _record(out, scores, cand, step_truth, valid, getattr(reward, "last_terms", None))
-            total = (cum.reshape(-1, 1) + scores).view(b, kc * n)
-            top = total.topk(min(k_keep, kc * n), dim=1)
-            parent = top.indices // n  # which kept trajectory each survivor extends
-            cum = top.values
-            chosen = _take(cand_n.view(b, kc, n, *cand_n.shape[2:]).flatten(1, 2), top.indices)
-            hist = torch.cat([_take(hist, parent), chosen.unsqueeze(2)], dim=2)
-        out.fallbacks += int(fallback.sum())
+        if fallback.any():
+            # No usable candidate or no information in the scores: take the deterministic step
+            # (projected like the candidates), give it every candidate slot and a tie score.
+            det_n, _ = physical(model(x[fallback]).unsqueeze(1), ic[fallback])
+            out.model_evals += int(fallback.sum())
+            out.fallbacks += int(fallback.sum())
+            if scores is None:
+                chosen = chosen.clone()
+                chosen[fallback] = det_n[:, 0]
+            else:
+                cand_n, scores = cand_n.clone(), scores.clone()
+                cand_n[fallback] = det_n.expand(-1, n, *det_n.shape[2:])
+                scores[fallback] = 0.0
+        if scores is None:
+            hist = torch.cat([hist, chosen.view(b, 1, 1, *chosen.shape[1:])], dim=2)
+            continue
+        total = (cum.reshape(-1, 1) + scores).view(b, kc * n)
+        top = total.topk(min(k_keep, kc * n), dim=1)
+        parent = top.indices // n  # which kept trajectory each survivor extends
+        cum = top.values
+        chosen = _take(cand_n.view(b, kc, n, *cand_n.shape[2:]).flatten(1, 2), top.indices)
+        hist = torch.cat([_take(hist, parent), chosen.unsqueeze(2)], dim=2)
     best = hist[:, 0]  # topk sorts descending: beam 0 has the best cumulative score
     out.trajectory = normalizer.decode(best, nd)
     out.wall_s = time.perf_counter() - start
@@ -117,31 +135,21 @@ def search(model, normalizer, problem, truth: torch.Tensor, selector: str, rewar
 
 def _mean_of_valid(cand_n: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Ensemble mean over valid candidates (N = 1: the candidate itself); rows with no valid
-    candidate keep the NaN-free mean of zeros and are reported as fallbacks."""
+    candidate are returned as fallbacks."""
     w = valid.to(cand_n.dtype).view(*valid.shape, *[1] * (cand_n.ndim - 2))
     mean = (torch.nan_to_num(cand_n) * w).sum(1) / w.sum(1).clamp_min(1.0)
     return mean, ~valid.any(dim=1)
 
 
-def _collapsed(scores: torch.Tensor, valid: torch.Tensor, selector: str) -> torch.Tensor:
-    """Rows with no valid candidate, or (N > 1, not the random reference) whose valid scores are all
-    equal: the reward carries no information there."""
+def _collapsed(scores: torch.Tensor, valid: torch.Tensor, selector: str, tolerance: float) -> torch.Tensor:
+    """Rows with no valid candidate, or (N > 1, not the random reference) whose valid scores lie
+    within the reward's tolerance of each other: the reward carries no information there."""
     none_valid = ~valid.any(dim=1)
     if scores.shape[1] == 1 or selector == "random":
         return none_valid
     finite = torch.where(valid, scores, torch.nan)
     spread = finite.nan_to_num(nan=-torch.inf).amax(1) - finite.nan_to_num(nan=torch.inf).amin(1)
-    return none_valid | (spread <= 0)
-
-
-def _fall_back(model, x, cand_n, scores, rows):
-    """Replace the candidates of `rows` by the deterministic prediction, with equal scores."""
-    det = model(x[rows])
-    cand_n = cand_n.clone()
-    cand_n[rows] = det.unsqueeze(1).expand(-1, cand_n.shape[1], *det.shape[1:])
-    scores = scores.clone()
-    scores[rows] = 0.0
-    return cand_n, scores
+    return none_valid | (spread <= tolerance)
 
 
 def _record(out: SearchResult, scores, cand, step_truth, valid, terms) -> None:

@@ -1,0 +1,71 @@
+"""Stage `compare`: the side-by-side table of the newest ttc run per selector (and projection flag)
+that share one comparison key (same data, operator, sampler, N, K, split)."""
+
+from __future__ import annotations
+
+from ..tracking import figures
+from . import stage
+from .ttc import comparison_key
+
+ORDER = ("baseline", "random", "ensemble", "arm", "prm", "oracle")
+
+
+def _row_name(tags) -> str:
+    name = tags.get("ttclab.selector", "?")
+    return name + ("+proj" if tags.get("ttclab.projection") == "true" else "")
+
+
+def collect(tracker, cfg) -> list[tuple[str, str, dict]]:
+    """[(row name, run id, metrics)] newest first per row, in ORDER (projection rows after)."""
+    runs = tracker.runs({"ttclab.stage": "ttc", "ttclab.project": cfg.name,
+                         "ttclab.compare_key": comparison_key(cfg)}, status="FINISHED")
+    newest = {}
+    for r in runs:  # newest first
+        newest.setdefault(_row_name(r.data.tags), (r.info.run_id, dict(r.data.metrics)))
+    rank = {name: i for i, name in enumerate(ORDER)}
+    keys = sorted(newest, key=lambda n: (n.endswith("+proj"), rank.get(n.split("+")[0], 99)))
+    return [(k, *newest[k]) for k in keys]
+
+
+def table(rows: list[tuple[str, str, dict]]) -> tuple[list[str], list[list[str]]]:
+    if not rows:
+        return [], []
+    horizons = sorted({int(k.rsplit("h", 1)[1]) for _, _, m in rows for k in m if k.startswith("rollout_nrmse/h")})
+    final = horizons[-1]
+    header = (["selector"] + [f"nRMSE h{h}" for h in horizons] + [f"MSE h{final}"]
+              + ["drift mass", "drift momentum", "drift energy", "SampleGain mean %", "median %", "improved",
+                 "Spearman", "model evals/IC", "wall s"])
+    body = []
+    for name, _, m in rows:
+        def f(key, fmt="{:.3e}"):
+            return fmt.format(m[key]) if key in m else "-"
+        body.append([name] + [f(f"rollout_nrmse/h{h}", "{:.4f}") for h in horizons] + [f(f"rollout_mse/h{final}")]
+                    + [f(f"conservation/{q}/h{final}", "{:.1e}") for q in ("mass", "momentum", "energy")]
+                    + [f("sample_gain/mean", "{:+.1f}"), f("sample_gain/median", "{:+.1f}"),
+                       f("sample_gain/improved_frac", "{:.0%}"), f("reward/spearman", "{:+.3f}"),
+                       f("cost/model_evals", "{:.0f}"), f("cost/wall_s", "{:.1f}")])
+    return header, body
+
+
+def markdown(header: list[str], body: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in body]
+    return "\n".join(lines) + "\n"
+
+
+@stage("compare", key=("problem", "data", "model", "train", "seed", "sampling", "ttc"))
+def compare(cfg, ctx, run):
+    """Side-by-side table of the latest ttc runs per selector (printed and logged as artifacts)."""
+    rows = collect(ctx.tracker, cfg)
+    if not rows:
+        raise ValueError(f"no finished ttc runs for project {cfg.name!r} with this config yet; "
+                         f"run `ttclab ttc` (or `ttclab demo`) first")
+    header, body = table(rows)
+    text = markdown(header, body)
+    run.text(text, "compare.md")
+    run.text(figures.table(header, body, f"ttclab/{cfg.name}: TTC comparison ({cfg.ttc.split} split)"),
+             "figures/compare.html")
+    run.tags({"ttclab.compared_runs": ",".join(r for _, r, _ in rows)})
+    print(f"\nTTC comparison, {cfg.name}, {cfg.ttc.split} split, N={cfg.ttc.branching}, K={cfg.ttc.beam}, "
+          f"sampler {cfg.sampling.sampler}:\n\n{text}")
+    return {"table": text}
