@@ -29,8 +29,8 @@ def _figures(spec: SweepSpec, study: optuna.Study, n_complete: int) -> dict:
     if n_complete >= 2 and spec.space:
         try:
             figs["importances"] = vis.plot_param_importances(study, **kw)
-        except (ValueError, RuntimeError, ZeroDivisionError):
-            pass  # no parameter varied among the finished trials: nothing to attribute
+        except (ValueError, RuntimeError, ZeroDivisionError, ImportError):
+            pass  # no parameter varied among the finished trials (or no scikit-learn for fANOVA)
     if spec.multi:
         figs["pareto_front"] = vis.plot_pareto_front(study, target_names=[o.metric for o in spec.objective])
     elif spec.pruner.type != "none":

@@ -14,21 +14,18 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from optuna.trial import TrialState
-
 from ..config import ConfigError
 from ..stages import STAGES, Context, resolve_device
 from ..tracking.store import Tracker
 from .report import finalize
 from .spec import SweepSpec, load_spec
 from .study import StaleTrialHandler, open_storage, open_study, recover_stale, storage_label, used
-from .worker import WorkerJob, job_json, progress_line, work
+from .worker import FINISHED, WorkerJob, job_json, progress_line, work
 
 # The get-or-run inputs each stage asks for (ttclab/stages). Those that no swept key changes are
 # computed once here, before any worker starts, so parallel trials share one data set, operator and
 # PRM instead of each worker training its own.
 INPUTS = {"train": ("generate",), "build_prm": ("train",), "train_prm": ("build_prm",), "ttc": ("train",)}
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
 def shared_inputs(spec: SweepSpec, cfg) -> list[str]:
@@ -100,7 +97,7 @@ def _run_workers(spec: SweepSpec, job: WorkerJob, workers: int, study, store, ha
     recovers the trial of a worker that dies, so a surviving worker retries it."""
     cores = len(os.sched_getaffinity(0))
     env = {**os.environ, "TTCLAB_THREADS": str(max(1, cores // workers))}
-    procs = [subprocess.Popen([sys.executable, "-m", "ttclab.sweep.worker", job_json(replace(job, index=i))], env=env)
+    procs = [subprocess.Popen([sys.executable, "-m", "ttclab.sweep", job_json(replace(job, index=i))], env=env)
              for i in range(workers)]
     shown = {t.number for t in study.get_trials(deepcopy=False, states=FINISHED)}
     exits: dict[int, int] = {}

@@ -56,7 +56,9 @@ class StaleTrialHandler:
 
     def __init__(self, tracker, sweep: str):
         self.tracker, self.sweep = tracker, sweep
-        self.retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
+        with warnings.catch_warnings():  # experimental since v2.8, yet the documented retry path
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self.retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         tags = {"ttclab.sweep": self.sweep, "ttclab.trial": str(trial.number)}

@@ -2,14 +2,13 @@
 spec's stage once as a nested MLflow run under the sweep's parent run.
 
 One worker runs inside `ttclab sweep`; with `--workers N` each worker is its own process,
-`python -m ttclab.sweep.worker '<job json>'`, with its share of the cores (TTCLAB_THREADS).
+`python -m ttclab.sweep '<job json>'` (see __main__.py), with its share of the cores (TTCLAB_THREADS).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import sys
 from dataclasses import asdict, dataclass
 from fnmatch import fnmatch
 from typing import Callable
@@ -18,10 +17,13 @@ import optuna
 from optuna.trial import TrialState
 
 from ..config import ConfigError
-from ..stages import Context, resolve_device, set_threads
+from ..stages import Context, resolve_device
 from ..tracking.store import Pruned, Tracker
 from .spec import ParamSpec, SweepSpec, load_spec
-from .study import BudgetLock, StaleTrialHandler, open_storage, open_study, recover_stale, used, worker_attrs
+from .study import BudgetLock, StaleTrialHandler, open_storage, open_study, recover_stale, retried, used, worker_attrs
+
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
 class TrialFailed(Exception):
@@ -86,9 +88,11 @@ def progress_line(spec: SweepSpec, study: optuna.Study, trial, n_trials: int) ->
     if spec.multi:
         best = f"Pareto front: {len(study.best_trials)} trial(s)"
     else:
-        done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        best = f"best {study.best_value:.4g} (trial {study.best_trial.number})" if done else "no best yet"
-    return f"[sweep {spec.name}] trial {trial.number} {what} | {best} | {used(study)}/{n_trials}"
+        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        best = f"best {study.best_value:.4g} (trial {study.best_trial.number})" if complete else "no best yet"
+    skip = retried(study)
+    done = sum(1 for t in study.get_trials(deepcopy=False, states=FINISHED) if t.number not in skip)
+    return f"[sweep {spec.name}] trial {trial.number} {what} | {best} | {done}/{n_trials} done"
 
 
 def work(job: WorkerJob, on_trial: Callable[[str], None] | None = None) -> None:
@@ -144,21 +148,6 @@ def _trial(study: optuna.Study, number: int):
     return next(t for t in study.get_trials(deepcopy=False) if t.number == number)
 
 
-def main(argv: list[str]) -> int:
-    set_threads()
-    try:
-        work(WorkerJob(**json.loads(argv[0])))
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    return 0
-
-
 def job_json(job: WorkerJob) -> str:
     return json.dumps(asdict(job))
 
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
