@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ttclab.data.datasets import SplitData
+from ttclab.data.datasets import Normalizer, SplitData
 from ttclab.metrics.ttc import best_pick_rate, headroom_captured, sample_gain, summarize_gain
 from ttclab.models import make_model
 from ttclab.problems import make_problem
@@ -167,3 +167,38 @@ def test_sample_gain_and_summaries_against_hand_computed_values():
     scores = torch.tensor([[3.0, 2.0, 1.0], [1.0, 2.0, 3.0]])
     errors = torch.tensor([[0.1, 0.2, 0.3], [0.1, 0.2, 0.3]])
     assert best_pick_rate(scores, errors) == 0.5
+
+
+class Offsets:
+    """A fake operator on constant states: candidate j of state v is v + 1 + j (deterministic: v + 1)."""
+
+    cfg = SamplingConfig()
+
+    def eval(self):
+        return self
+
+    def __call__(self, u):
+        return u + 1
+
+    def sample_next(self, u, n, noise=None, generator=None):
+        return torch.stack([u + 1 + j for j in range(n)], dim=1)
+
+
+def test_beam_finds_the_delayed_reward_that_greedy_misses(setup):
+    """Values along a path 0 -> 1|2 -> ...; reward by candidate value f(1)=1, f(2)=0, f(3)=0.1,
+    f(4)=5. Greedy takes 1 then 3 (total 1.1); a beam of 2 keeps 2 and reaches 4 (total 5)."""
+    _, problem, _, _ = setup
+    truth = torch.zeros(1, 3, 3, 8)  # one IC, two steps; only truth[:, 0] is used by this reward
+    norm = Normalizer(torch.zeros(3), torch.ones(3))
+    table = {1: 1.0, 2: 0.0, 3: 0.1, 4: 5.0}
+
+    def f(cands, prev, truth=None):
+        return torch.tensor([[table[int(round(float(c.mean())))] for c in row] for row in cands])
+
+    path = {}
+    for k in (1, 2):
+        out = search(Offsets(), norm, problem, truth, "arm", f, branching=2, beam=k,
+                     sampling_cfg=SamplingConfig(), generator=gen())
+        path[k] = [int(round(float(s.mean()))) for s in out.trajectory[0]]
+    assert path[1] == [0, 1, 3]
+    assert path[2] == [0, 2, 4]

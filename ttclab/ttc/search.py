@@ -81,13 +81,16 @@ def search(model, normalizer, problem, truth: torch.Tensor, selector: str, rewar
             cand_n = normalizer.encode(cand, nd)
         return cand_n, cand
 
-    hist = normalizer.encode(truth[:, 0], nd)[:, None, None]  # (B, K, t+1, C, *X)
+    # frames[t]: kept states (B, Kt, C, *X) after step t; parents[t]: (B, Kt+1) index of the frame-t
+    # state each survivor extends. Backtracking at the end avoids copying histories every step.
+    frames = [normalizer.encode(truth[:, 0], nd).unsqueeze(1)]
+    parents = []
     cum = truth.new_zeros(b, 1)
     out = SearchResult(trajectory=truth)
     for t in range(steps):
-        kc = hist.shape[1]
+        kc = frames[-1].shape[1]
         ic = torch.arange(b, device=truth.device).repeat_interleave(kc)  # IC of each row
-        x = hist[:, :, -1].flatten(0, 1)  # (B*Kc, C, *X)
+        x = frames[-1].flatten(0, 1)  # (B*Kc, C, *X)
         if deterministic:
             cand_n = model(x).unsqueeze(1)
         else:
@@ -119,16 +122,23 @@ def search(model, normalizer, problem, truth: torch.Tensor, selector: str, rewar
                 cand_n[fallback] = det_n.expand(-1, n, *det_n.shape[2:])
                 scores[fallback] = 0.0
         if scores is None:
-            hist = torch.cat([hist, chosen.view(b, 1, 1, *chosen.shape[1:])], dim=2)
+            frames.append(chosen.unsqueeze(1))
+            parents.append(torch.zeros(b, 1, dtype=torch.long, device=truth.device))
             continue
         total = (cum.reshape(-1, 1) + scores).view(b, kc * n)
         top = total.topk(min(k_keep, kc * n), dim=1)
         parent = top.indices // n  # which kept trajectory each survivor extends
         cum = top.values
-        chosen = _take(cand_n.view(b, kc, n, *cand_n.shape[2:]).flatten(1, 2), top.indices)
-        hist = torch.cat([_take(hist, parent), chosen.unsqueeze(2)], dim=2)
-    best = hist[:, 0]  # topk sorts descending: beam 0 has the best cumulative score
-    out.trajectory = normalizer.decode(best, nd)
+        frames.append(_take(cand_n.view(b, kc, n, *cand_n.shape[2:]).flatten(1, 2), top.indices))
+        parents.append(parent)
+    # topk sorts descending, so kept trajectory 0 has the best cumulative score: backtrack it.
+    idx = torch.zeros(b, 1, dtype=torch.long, device=truth.device)
+    best = [None] * len(frames)
+    for t in range(len(frames) - 1, 0, -1):
+        best[t] = _take(frames[t], idx)[:, 0]
+        idx = parents[t - 1].gather(1, idx)
+    best[0] = frames[0][:, 0]
+    out.trajectory = normalizer.decode(torch.stack(best, dim=1), nd)
     out.wall_s = time.perf_counter() - start
     return out
 
