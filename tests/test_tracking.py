@@ -45,7 +45,7 @@ def test_train_makes_a_generate_and_a_train_run_and_reuses_generate(two_trains):
 
 def test_runs_carry_the_flat_config_and_contract_tags(two_trains):
     cfg, tracker = two_trains["cfg"], two_trains["tracker"]
-    expected = {k: str(v) for k, v in cfg.flat().items()} | {"device": "cpu"}
+    expected = {k: str(v) for k, v in cfg.flat().items()} | {"runtime.device": "cpu"}
     for run in [r for rs in runs_by_stage(tracker).values() for r in rs]:
         assert run.data.params == expected
         stage = run.data.tags["ttclab.stage"]

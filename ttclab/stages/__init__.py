@@ -56,7 +56,7 @@ class Context:
         """Execute stage `name` on `cfg` as a new MLflow run -> (run id, outputs)."""
         st = STAGES.get(name)
         run_tags = {"ttclab.key": cfg.key(*st.key), **self.extra_tags, **(tags or {})}
-        params = {**cfg.flat(), "device": str(self.device)}
+        params = {**cfg.flat(), "runtime.device": str(self.device)}
         with self.tracker.start(cfg.name, name, params=params, tags=run_tags, parent=self.parent) as run:
             outputs = st.fn(cfg, self, run) or {}
             return run.id, outputs
@@ -80,4 +80,4 @@ def set_threads(n: int | None = None) -> None:
         torch.set_num_threads(n)
 
 
-from . import compare, demo, generate, train, ttc  # noqa: E402,F401  (registration)
+from . import compare, demo, generate, prm, train, trc, ttc  # noqa: E402,F401  (registration)
