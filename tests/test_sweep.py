@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -156,3 +157,29 @@ def test_pruned_trial_is_killed_run(tmp_path, project, isolated_tracking):
     assert "epoch" in runs["1"].data.metrics and runs["1"].data.metrics["epoch"] < 3
     best = json.loads((Path(tracker.artifact_dir(parent_of(tracker, "tiny-prune").info.run_id)) / "best_trial.json").read_text())
     assert best["best"]["number"] == 0
+
+
+def test_rdb_storage_heartbeat_retries_a_silent_trial(tmp_path, project, isolated_tracking, monkeypatch):
+    """An RDB study (SQLite through SQLAlchemy here; PostgreSQL takes the same code path): a trial
+    whose worker on another machine stopped sending heartbeats is failed and retried."""
+    from ttclab.sweep import study as study_module
+
+    monkeypatch.setattr(study_module, "HEARTBEAT_S", 1)
+    monkeypatch.setattr(study_module, "GRACE_S", 1)
+    spec_path = write_spec(tmp_path, project, name="tiny-rdb")
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    tracker = Tracker(isolated_tracking)
+    spec = load_spec(spec_path)
+    storage = open_storage(spec, url, StaleTrialHandler(tracker, spec.name))
+    study = open_study(spec, storage)
+    trial = study.ask()
+    lr = trial.suggest_float("train.lr", 1.0e-4, 1.0e-2, log=True)
+    trial.set_user_attr("ttclab.host", "elsewhere")  # not ours: only the heartbeat can tell
+    trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(spec.name), 0)
+    storage.record_heartbeat(trial_id)
+    time.sleep(2.5)
+
+    run_sweep(spec_path, n_trials=1, storage=url, quiet=True)
+    trials = open_study(spec, storage).trials
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"]
+    assert trials[1].params["train.lr"] == lr and trials[1].system_attrs["failed_trial"] == 0

@@ -155,8 +155,11 @@ def _alive(attrs: dict) -> bool:
 
 
 def recover_stale(study: optuna.Study, storage, handler: StaleTrialHandler) -> list[int]:
-    """Fail RUNNING trials whose worker on this host has died; returns their numbers. Goes through
-    the storage, not `study.tell`, which would also run the sampler's end-of-trial hook."""
+    """Fail RUNNING trials whose worker has died: by heartbeat (RDB storage, any machine; the
+    handler is the storage's stale-trial callback) and by PID (this host, any storage). Returns
+    the numbers failed by PID. Goes through the storage, not `study.tell`, which would also run
+    the sampler's end-of-trial hook."""
+    optuna.storages.fail_stale_trials(study)
     host = socket.gethostname()
     study_id = storage.get_study_id_from_name(study.study_name)
     stale = []
