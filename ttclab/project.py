@@ -28,6 +28,7 @@ from .rewards.arm import ARMConfig
 from .sampling import SamplingConfig
 from .ttc.search import TTCConfig
 from .training.loop import TrainConfig
+from .training.trc import TRCConfig
 
 # Sections whose dataclass depends on their `type` key.
 TYPED_SECTIONS = {"problem": PROBLEMS, "model": MODELS}
@@ -44,6 +45,7 @@ class ProjectConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     ttc: TTCConfig = field(default_factory=TTCConfig)
     arm: ARMConfig = field(default_factory=ARMConfig)
+    trc: TRCConfig = field(default_factory=TRCConfig)
 
     def to_dict(self) -> dict:
         return to_dict(self)

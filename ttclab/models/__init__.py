@@ -10,4 +10,4 @@ def make_model(cfg, **dims):
     return MODELS.get(cfg.type)(cfg, **dims)
 
 
-from . import fno  # noqa: E402,F401  (registration)
+from . import fno, trc  # noqa: E402,F401  (registration)

@@ -10,4 +10,4 @@ def make_problem(cfg):
     return PROBLEMS.get(cfg.type)(cfg)
 
 
-from . import burgers, euler  # noqa: E402,F401  (registration)
+from . import burgers, control, euler  # noqa: E402,F401  (registration)

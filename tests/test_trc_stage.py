@@ -1,0 +1,47 @@
+"""The `trc` stage end to end in a temporary MLflow store: data run reused, metrics, tags, artifacts."""
+
+from __future__ import annotations
+
+from ttclab.project import load_project
+from ttclab.stages import Context
+from ttclab.tracking.store import Tracker
+from ttclab.training.trc import load_controller
+
+TINY = ["problem.n_train=48", "problem.n_val=16", "problem.n_test=24", "model.latent=16", "model.layers=1",
+        "model.H_cycles=2", "model.L_cycles=1", "trc.epochs=2", "trc.batch_size=16"]
+
+
+def test_trc_stage_logs_metrics_tags_figures_and_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.setenv("TTCLAB_HOME", str(tmp_path))
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    tracker = Tracker("sqlite:///" + str(tmp_path / "m.db"))
+    ctx = Context(tracker, progress=False)
+    runs = {}
+    for method, weight in (("bc", 0.0), ("ps", 1.0)):
+        cfg = load_project("projects/double_integrator.yaml", TINY + [f"trc.process_weight={weight}"])
+        runs[method], outputs = ctx.run("trc", cfg)
+        assert 0 <= outputs["trc/success_rate"] <= 1
+
+    exp = tracker.client.get_experiment_by_name("ttclab/double_integrator")
+    stages = [r.data.tags["ttclab.stage"] for r in tracker.client.search_runs([exp.experiment_id])]
+    assert sorted(stages) == ["trc", "trc", "trc_data"]  # the data (and teacher solve) made once
+    for method, run_id in runs.items():
+        run = tracker.client.get_run(run_id)
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["ttclab.method"] == method and run.data.tags["ttclab.split"] == "test"
+        m = run.data.metrics
+        for key in ("trc/success_rate", "trc/final_error_mean", "trc/final_error_median", "trc/cost_gap_pct",
+                    "trc/monotonic_frac", "trc/teacher/success_rate", "trc/teacher/cost_mean",
+                    "trc/teacher/clip_rate", "model/n_params", "val/loss", "trc/refine/cost_mean"):
+            assert key in m, key
+        assert m["trc/teacher/success_rate"] == 1.0 and m["trc/teacher/final_error_mean"] < 1e-9
+        assert run.data.params["trc.process_weight"] == ("0.0" if method == "bc" else "1.0")
+        history = tracker.client.get_metric_history(run_id, "trc/refine/cost_mean")
+        assert sorted(p.step for p in history) == [0, 1, 2]  # first guess + H_cycles refinements
+        art = tracker.artifact_dir(run_id)
+        for name in ("refinement", "trajectories"):
+            html = (art / "figures" / f"{name}.html").read_text()
+            assert len(html) > 1e6 and 'src="https://cdn.plot.ly' not in html  # plotly.js inlined: offline
+        assert len((art / "per_problem.csv").read_text().splitlines()) == 1 + 24
+        model, problem = load_controller(art / "model" / "trc.pt")
+        assert problem.name == "double_integrator" and len(model(*[problem.uniform(3, None).float()] * 2).controls) == 3
