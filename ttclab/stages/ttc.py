@@ -66,24 +66,28 @@ def ttc(cfg, ctx, run):
               "ttclab.projection": str(t.project_conservation).lower(),
               "ttclab.compare_key": comparison_key(cfg)})
 
-    def rollout(name, project=t.project_conservation):
+    steps = truth.shape[1] - 1
+    horizons = default_horizons(steps, t.horizons)
+
+    def rollout(name, project=t.project_conservation, on_step=None):
         gen = torch.Generator(device=ctx.device).manual_seed(cfg.sampling.seed)
         reward = None if name in ("baseline", "ensemble") else _reward(name, cfg, ctx, problem, cfg.sampling.seed)
         return search(model, normalizer, problem, truth, name, reward, branching=t.branching, beam=t.beam,
-                      sampling_cfg=cfg.sampling, project=project, generator=gen)
+                      sampling_cfg=cfg.sampling, project=project, generator=gen, on_step=on_step)
+
+    def report(step, state):  # intermediate objective values, so a sweep can prune mid-rollout
+        if step in horizons:
+            run.report(f"rollout_mse/h{step}", float(((state - truth[:, step]) ** 2).mean()), step)
 
     base = _evaluate(problem, truth, rollout("baseline", project=False).trajectory)
-    main = rollout(t.reward)
+    main = rollout(t.reward, on_step=report)
     ev = _evaluate(problem, truth, main.trajectory)
-    steps = truth.shape[1] - 1
-    horizons = default_horizons(steps, t.horizons)
     metrics = {}
     for h in horizons:
         metrics[f"rollout_mse/h{h}"] = float(ev["mse"][:, h].mean())
         metrics[f"rollout_nrmse/h{h}"] = float(ev["nrmse"][:, h].mean())
         for q, d in ev["drift"].items():
             metrics[f"conservation/{q}/h{h}"] = float(d[:, h].mean())
-        run.report(f"rollout_mse/h{h}", metrics[f"rollout_mse/h{h}"], h)
     gain = sample_gain(base["mse"][:, -1], ev["mse"][:, -1])
     n_ics = truth.shape[0]
     metrics |= summarize_gain(gain)

@@ -62,8 +62,10 @@ def _take(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def search(model, normalizer, problem, truth: torch.Tensor, selector: str, reward=None, *, branching: int = 1,
-           beam: int = 1, sampling_cfg=None, project: bool = False, generator=None) -> SearchResult:
-    """truth (B, T+1, C, *X) physical; returns the selector's rollout from truth[:, 0]."""
+           beam: int = 1, sampling_cfg=None, project: bool = False, generator=None, on_step=None) -> SearchResult:
+    """truth (B, T+1, C, *X) physical; returns the selector's rollout from truth[:, 0].
+    `on_step(t, state (B, C, *X))`, if given, sees the best kept state after every step t = 1..T
+    (lets a sweep prune a trial mid-rollout)."""
     start = time.perf_counter()
     nd = problem.ndim
     b, steps = truth.shape[0], truth.shape[1] - 1
@@ -124,6 +126,8 @@ def search(model, normalizer, problem, truth: torch.Tensor, selector: str, rewar
         if scores is None:
             frames.append(chosen.unsqueeze(1))
             parents.append(torch.zeros(b, 1, dtype=torch.long, device=truth.device))
+            if on_step is not None:
+                on_step(t + 1, normalizer.decode(chosen, nd))
             continue
         total = (cum.reshape(-1, 1) + scores).view(b, kc * n)
         top = total.topk(min(k_keep, kc * n), dim=1)
@@ -131,6 +135,8 @@ def search(model, normalizer, problem, truth: torch.Tensor, selector: str, rewar
         cum = top.values
         frames.append(_take(cand_n.view(b, kc, n, *cand_n.shape[2:]).flatten(1, 2), top.indices))
         parents.append(parent)
+        if on_step is not None:
+            on_step(t + 1, normalizer.decode(frames[-1][:, 0], nd))
     # topk sorts descending, so kept trajectory 0 has the best cumulative score: backtrack it.
     idx = torch.zeros(b, 1, dtype=torch.long, device=truth.device)
     best = [None] * len(frames)
