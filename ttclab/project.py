@@ -23,12 +23,14 @@ from typing import Any
 from .config import ConfigError, build, deep_merge, flatten, parse_override, read_yaml, set_dotted, to_dict
 from .data.datasets import DataConfig
 from .models import MODELS
+from .models.prm import PRMConfig
 from .problems import PROBLEMS
 from .rewards.arm import ARMConfig
 from .sampling import SamplingConfig
 from .ttc.search import TTCConfig
 from .training.loop import TrainConfig
 from .training.trc import TRCConfig
+from .training.triplet import TripletConfig
 
 # Sections whose dataclass depends on their `type` key.
 TYPED_SECTIONS = {"problem": PROBLEMS, "model": MODELS}
@@ -45,6 +47,8 @@ class ProjectConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     ttc: TTCConfig = field(default_factory=TTCConfig)
     arm: ARMConfig = field(default_factory=ARMConfig)
+    triplets: TripletConfig = field(default_factory=TripletConfig)
+    prm: PRMConfig = field(default_factory=PRMConfig)
     trc: TRCConfig = field(default_factory=TRCConfig)
 
     def to_dict(self) -> dict:

@@ -122,3 +122,43 @@ class PDEBenchFile:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def write_triplets(path: str | Path, arrays: dict[str, np.ndarray], attrs: dict | None = None) -> Path:
+    """PRM training triplets (and any per-state arrays) as one flat HDF5 group, written atomically
+    like `write`. Arrays are stored as given; `attrs` holds scalars such as K and the sampler."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with h5py.File(tmp, "w") as f:
+            for key, value in arrays.items():
+                value = np.asarray(value)
+                big = value.ndim > 1 and value.size > 4096  # compress the field arrays, not the indices
+                f.create_dataset(key, data=value, compression="lzf" if big else None)
+            for key, value in (attrs or {}).items():
+                f.attrs[key] = value
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def read_triplets(path: str | Path, keys: tuple[str, ...] = ()) -> dict:
+    """-> {name: array} for every dataset (and `attrs` for the file attributes). A key in `keys` that
+    the file lacks raises DataError naming the file and the key."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such triplet file; run `ttclab build_prm` or fix the URI")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as err:
+        raise DataError(f"{path}: not a readable HDF5 file ({err}); rebuild it with `ttclab build_prm`") from None
+    with f:
+        missing = [k for k in keys if k not in f]
+        if missing:
+            raise DataError(f"{path}: missing dataset {missing[0]!r} (found: {', '.join(f.keys())}); "
+                            f"rebuild it with `ttclab build_prm`")
+        out = {k: f[k][()] for k in f.keys()}
+        out["attrs"] = dict(f.attrs)
+    return out

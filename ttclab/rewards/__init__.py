@@ -43,3 +43,4 @@ def oracle_reward(**_):
 
 
 from . import arm  # noqa: E402,F401  (registration)
+from . import prm  # noqa: E402,F401  (registration)
