@@ -124,6 +124,8 @@ def work(job: WorkerJob, on_trial: Callable[[str], None] | None = None) -> None:
             tracker.reporter = None
         trial.set_user_attr("ttclab.run_id", run_id)
         values = objective_values(spec, outputs, tracker.metrics(run_id))
+        if not all(math.isfinite(v) for v in values):  # Optuna fails the trial; say why
+            trial.set_user_attr("ttclab.error", f"non-finite objective {values}")
         return values if spec.multi else values[0]
 
     while True:
