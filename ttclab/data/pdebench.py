@@ -100,19 +100,15 @@ class PDEBenchFile:
         return None if group is None or key not in group else group[key][()]
 
     def read(self, indices=None, t_stride: int = 1, x_stride: int = 1) -> np.ndarray:
-        """-> (n, T', C, *X') float32 for the given trajectory indices (any order, no duplicates
-        needed in sorted order: h5py wants increasing indices, so sort and restore)."""
+        """-> (n, T', C, *X') float32 for the given trajectory indices, in any order and with repeats.
+        h5py wants strictly increasing indices, so read each distinct trajectory once and expand."""
         idx = np.arange(self.n_trajectories) if indices is None else np.asarray(indices, dtype=np.int64)
         if idx.size and (idx.min() < 0 or idx.max() >= self.n_trajectories):
             raise DataError(f"{self.path}: trajectory index out of range 0..{self.n_trajectories - 1}")
-        order = np.argsort(idx)
-        sorted_idx = idx[order]
+        distinct, inverse = np.unique(idx, return_inverse=True)
         space = (slice(None, None, x_stride),) * self.problem.ndim
-        fields = [ds[sorted_idx, ::t_stride, *space] for ds in self._datasets]
-        out = np.stack(fields, axis=2).astype(np.float32, copy=False)
-        restored = np.empty_like(out)
-        restored[order] = out
-        return restored
+        fields = [ds[distinct, ::t_stride, *space] for ds in self._datasets]
+        return np.stack(fields, axis=2).astype(np.float32, copy=False)[inverse]
 
     def close(self):
         self._file.close()
