@@ -104,8 +104,10 @@ def test_reader_subset_and_strides(tiny_data_file, euler1d):
     with PDEBenchFile(tiny_data_file("euler1d"), euler1d) as f:
         full = f.read()
         subset = f.read([7, 2, 5], t_stride=2, x_stride=4)
+        repeated = f.read([3, 1, 3])  # e.g. a bootstrap sample of ICs
     np.testing.assert_array_equal(subset, full[[7, 2, 5], ::2, :, ::4])
     assert subset.shape == (3, 5, 3, 8)
+    np.testing.assert_array_equal(repeated, full[[3, 1, 3]])
 
 
 def test_reader_rejects_out_of_range_index(tiny_data_file, euler1d):
