@@ -179,3 +179,13 @@ def test_split_data_reads_at_most_n_trajectories(tmp_path, tiny_data_file, euler
     data = SplitData(path, euler1d, DataConfig(n_trajectories=6))
     assert sum(len(v) for v in data.indices.values()) <= 6
     assert all((v < 6).all() for v in data.indices.values())
+
+
+def test_a_file_on_another_grid_than_the_problem_is_refused(tiny_data_file, tiny_project):
+    path = tiny_data_file("euler1d")  # 32 cells
+    coarse = make_problem(tiny_project("euler1d", "problem.n_cells=16").problem)
+    with pytest.raises(DataError, match=r"problem.n_cells=32") as err:
+        SplitData(path, coarse, DataConfig(n_trajectories=12))
+    assert str(path) in str(err.value)
+    strided = SplitData(path, coarse, DataConfig(n_trajectories=12, x_stride=2))  # 32 / 2 = 16 cells
+    assert strided["train"].shape[-1] == 16

@@ -73,6 +73,14 @@ class SplitData:
 
     def __init__(self, path, problem: PDEProblem, cfg: DataConfig):
         with PDEBenchFile(path, problem) as f:
+            # The problem's grid spacing feeds every conserved total (ARM, drift metrics), so the
+            # grid read from the file must be the problem's grid.
+            grid = tuple(-(-m // cfg.x_stride) for m in f.spatial_shape)
+            if grid != tuple(problem.shape):
+                raise DataError(
+                    f"{path}: grid {f.spatial_shape} read with x_stride {cfg.x_stride} gives {grid} cells, but the "
+                    f"problem is configured for {tuple(problem.shape)}; set problem.n_cells={grid[0]} (or change data.x_stride)"
+                )
             n = min(f.n_trajectories, cfg.n_trajectories)
             stored = {s: f.meta(f"split_{s}") for s in SPLITS}
             if all(v is not None for v in stored.values()):
