@@ -1,8 +1,9 @@
 """The end of a sweep, logged on its parent run: best value and params, `best_trial.json`, Optuna's
 figures (offline HTML), and the honest number: the best config re-run once on the test split.
 
-Finalizing twice with the same best trial (a resumed sweep with nothing left to do) re-runs
-nothing: the parent's `ttclab.sweep.tested` tag records which trial was already tested.
+Finalizing again with no new finished trial (a resumed sweep with nothing left to do) logs
+nothing (`ttclab.sweep.reported` counts the finished trials reported), and the test re-run happens
+once per best trial (`ttclab.sweep.tested`).
 """
 
 from __future__ import annotations
@@ -62,6 +63,12 @@ def finalize(spec: SweepSpec, study: optuna.Study, parent, ctx: Context, say: Ca
     run_ids = {t.number: t.user_attrs.get("ttclab.run_id") for t in complete}
     summary = _summary(spec, study, best, run_ids)
     top = best[0]
+    say(f"[sweep {spec.name}] best trial {top.number}: "
+        + ", ".join(f"{o.metric}={v:.4g}" for o, v in zip(spec.objective, top.values))
+        + f" with {json.dumps(top.params)}" + (f"; Pareto front of {len(best)}" if spec.multi else ""))
+    finished = str(sum(summary["trials"].values()))
+    if ctx.tracker.run_info(parent.id).data.tags.get("ttclab.sweep.reported") == finished:
+        return summary  # a resumed sweep with nothing left to run: already logged
     parent.log({"best/trial": top.number, **{f"best/{o.metric}": v for o, v in zip(spec.objective, top.values)},
                 **{f"trials/{k}": v for k, v in summary["trials"].items()},
                 **({"pareto/size": len(best)} if spec.multi else {})})
@@ -69,10 +76,8 @@ def finalize(spec: SweepSpec, study: optuna.Study, parent, ctx: Context, say: Ca
     parent.text(json.dumps(summary, indent=2, default=str), "best_trial.json")
     for name, fig in _figures(spec, study, len(complete)).items():
         parent.text(fig.to_html(include_plotlyjs=True, full_html=True), f"figures/optuna_{name}.html")
-    say(f"[sweep {spec.name}] best trial {top.number}: "
-        + ", ".join(f"{o.metric}={v:.4g}" for o, v in zip(spec.objective, top.values))
-        + f" with {json.dumps(top.params)}" + (f"; Pareto front of {len(best)}" if spec.multi else ""))
     _test_rerun(spec, top, run_ids.get(top.number), parent, ctx, say)
+    parent.tags({"ttclab.sweep.reported": finished})
     parent.flush()
     return summary
 
