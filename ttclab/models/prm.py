@@ -48,7 +48,7 @@ class PRMConfig:
     ref_weight: float = 1.0  # reference head: weight of the regression of r on the truth
     epochs: int = 20
     batch_size: int = 64  # states per optimizer step
-    lr: float = 2e-3
+    lr: float = 1e-2
     weight_decay: float = 1e-4
     grad_clip: float = 1.0
     set_size: int = 5  # candidates scored together per state in training (match the TTC branching)
@@ -144,11 +144,16 @@ class PRM(nn.Module):
         x = torch.cat([state, a - state], 1) / self.per_channel(self.ref_scale)
         return a + self.net(x) * self.per_channel(self.dev_scale)
 
-    def forward(self, state: torch.Tensor, cands: torch.Tensor, anchor: torch.Tensor | None = None) -> torch.Tensor:
+    def score(self, state, cands, anchor=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """-> (scores (B, N), the reference r (B, C, *X) for the reference head, else None)."""
         b, n = cands.shape[:2]
         if self.cfg.head == "local":
             a = self._anchor(cands, anchor)
             f = candidate_features(state, cands, a, self.cfg.features) / self.per_channel(self.feat_scale, 2)
-            return self.net(f.flatten(0, 1)).flatten(1).mean(1).view(b, n)  # all B*N as one batch
-        d = (cands - self.reference(state, cands, anchor).unsqueeze(1)) / self.per_channel(self.dev_scale, 2)
-        return -(self.per_channel(self.log_weight.exp(), 2) * d.square()).flatten(2).mean(2)
+            return self.net(f.flatten(0, 1)).flatten(1).mean(1).view(b, n), None  # all B*N as one batch
+        ref = self.reference(state, cands, anchor)
+        d = (cands - ref.unsqueeze(1)) / self.per_channel(self.dev_scale, 2)
+        return -(self.per_channel(self.log_weight.exp(), 2) * d.square()).flatten(2).mean(2), ref
+
+    def forward(self, state: torch.Tensor, cands: torch.Tensor, anchor: torch.Tensor | None = None) -> torch.Tensor:
+        return self.score(state, cands, anchor)[0]

@@ -28,7 +28,7 @@ class TripletConfig:
     fraction: float = 0.125  # of the train ICs used for PRM supervision
     k: int = 16  # candidates drawn per state (100 at full scale; a small K keeps CPU builds short)
     stride: int = 1  # use every `stride`-th step of each trajectory as a state
-    batch_size: int = 256  # states per batched sampling pass (bounds memory, not results)
+    batch_size: int = 32  # states per batched pass (x k candidates); larger batches cost page faults
     seed: int = 0  # seeds the IC subset and the candidate noise
 
     def validate(self):
@@ -73,10 +73,10 @@ def batch_loss(model: PRM, batch: dict, subset, triplet, cfg: PRMConfig) -> torc
     """Triplet margin loss on each state's set; for the reference head plus ref_weight times the
     MSE of the reference r to the true next state, in units of the candidate spread sigma (so the
     two terms have comparable scales whatever the noise level)."""
-    sets, anchor = gather_candidates(batch["cands"], subset), batch.get("anchor")
-    loss = triplet_margin_loss(model(batch["state"], sets, anchor).gather(1, triplet), cfg.margin)
-    if cfg.head == "reference" and cfg.ref_weight > 0:
-        miss = (model.reference(batch["state"], sets, anchor) - batch["truth"]) / model.per_channel(model.dev_scale)
+    scores, ref = model.score(batch["state"], gather_candidates(batch["cands"], subset), batch.get("anchor"))
+    loss = triplet_margin_loss(scores.gather(1, triplet), cfg.margin)
+    if ref is not None and cfg.ref_weight > 0:
+        miss = (ref - batch["truth"]) / model.per_channel(model.dev_scale)
         loss = loss + cfg.ref_weight * miss.square().mean()
     return loss
 
