@@ -97,8 +97,9 @@ class TinyRecursiveController(nn.Module):
         nn.init.zeros_(self.refine.bias)
         self.refine.weight.data.mul_(0.1)
         self.f_L = stack(d, layers)
-        self.f_H = stack(d, layers) if cfg.variant == "two_level" else None
-        self.z_L0 = nn.Parameter(torch.zeros(d))
+        two_level = cfg.variant == "two_level"
+        self.f_H = stack(d, layers) if two_level else None
+        self.z_L0 = nn.Parameter(torch.zeros(d)) if two_level else None  # learned start of z_L
         self.value_head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, 1))
 
     def controls(self, V: torch.Tensor) -> torch.Tensor:
@@ -110,7 +111,7 @@ class TinyRecursiveController(nn.Module):
         z_init = self.encoder(feats)
         V = self.first(z_init)
         U = self.controls(V)
-        z_H, z_L = z_init, self.z_L0.expand_as(z_init)
+        z_H, z_L = z_init, None if self.z_L0 is None else self.z_L0.expand_as(z_init)
         outs, values = [U], [self.value_head(z_init.detach())]
         H = self.cfg.H_cycles
         for h in range(H):

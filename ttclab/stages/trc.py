@@ -31,7 +31,8 @@ N_EXAMPLES = 6  # problems drawn in the figures
 def control_problem(cfg) -> ControlProblem:
     problem = make_problem(cfg.problem)
     if not isinstance(problem, ControlProblem):
-        raise ValueError(f"problem.type {cfg.problem.type!r} is not a control problem; use double_integrator or vanderpol")
+        raise ValueError(f"problem.type {cfg.problem.type!r} is not a control problem; "
+                         "use double_integrator or vanderpol")
     return problem
 
 

@@ -98,8 +98,8 @@ def with_teacher_cost(problem, data: dict) -> dict:
 def predict(model, split: dict[str, torch.Tensor], device, batch: int = 1024) -> list[torch.Tensor]:
     """All K+1 control sequences for a split's problems -> list of (N, T, m) on the CPU."""
     model.eval()
-    parts = [model(split["x0"][i : i + batch].float().to(device), split["target"][i : i + batch].float().to(device)).controls
-             for i in range(0, len(split["x0"]), batch)]
+    x0, target = split["x0"].float().to(device), split["target"].float().to(device)
+    parts = [model(x0[i : i + batch], target[i : i + batch]).controls for i in range(0, len(x0), batch)]
     return [torch.cat([p[k] for p in parts]).cpu() for k in range(len(parts[0]))]
 
 
@@ -156,8 +156,8 @@ def fit(model, problem, data: dict, cfg: TRCConfig, *, device="cpu", seed: int =
             for k, v in {"loss": loss, **parts}.items():
                 running[k] = running.get(k, 0.0) + float(v.detach())
             if state["step"] % cfg.log_every == 0:
-                log({f"train/{k}": v / cfg.log_every for k, v in running.items()} | {"train/lr": sched.get_last_lr()[0]},
-                    state["step"])
+                means = {f"train/{k}": v / cfg.log_every for k, v in running.items()}
+                log({**means, "train/lr": sched.get_last_lr()[0]}, state["step"])
                 bar.set_postfix(loss=f"{running['loss'] / cfg.log_every:.3e}")
                 running = {}
             bar.update(1)
