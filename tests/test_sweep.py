@@ -183,3 +183,17 @@ def test_rdb_storage_heartbeat_retries_a_silent_trial(tmp_path, project, isolate
     trials = open_study(spec, storage).trials
     assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"]
     assert trials[1].params["train.lr"] == lr and trials[1].system_attrs["failed_trial"] == 0
+
+
+def test_grid_sampler_visits_each_point_once_across_workers(tmp_path, monkeypatch):
+    """Workers get different seeds for random draws, but a grid must be shuffled alike in all."""
+    monkeypatch.setenv("TTCLAB_HOME", str(tmp_path))
+    spec = load_spec(write_spec(tmp_path, DEFAULT_PROJECT, sampler={"type": "grid", "seed": 3},
+                                space={"ttc.branching": {"type": "int", "low": 1, "high": 9, "step": 2}}))
+    storage = open_storage(spec, None, StaleTrialHandler(None, spec.name))
+    workers = [open_study(spec, storage, worker=i) for i in (0, 1)]
+    seen = []
+    for i in range(5):
+        trial = workers[i % 2].ask()
+        seen.append(trial.suggest_int("ttc.branching", 1, 9, step=2))
+    assert sorted(seen) == [1, 3, 5, 7, 9]

@@ -89,7 +89,9 @@ def make_sampler(spec: SweepSpec, salt: int = 0) -> optuna.samplers.BaseSampler:
     if kind == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if kind == "grid":
-        return optuna.samplers.GridSampler({k: p.grid() for k, p in spec.space.items()}, seed=seed)
+        # The seed shuffles the grid, and trial k takes grid point k: every worker and every resumed
+        # run must shuffle alike, or two of them take the same point and another is never run.
+        return optuna.samplers.GridSampler({k: p.grid() for k, p in spec.space.items()}, seed=spec.sampler.seed)
     if kind == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed)
     try:
