@@ -21,8 +21,8 @@ SAMPLERS = ("mc_dropout", "latent_noise", "input_perturb")
 @dataclass
 class SamplingConfig:
     sampler: str = "latent_noise"
-    latent_sigma: float = 0.1  # scale of latent noise (normalized units of the lifted latent)
-    input_eps: float = 0.01  # scale of input noise (normalized units)
+    latent_sigma: float = 0.02  # scale of latent noise (normalized units of the lifted latent)
+    input_eps: float = 0.005  # scale of input noise (normalized units)
     seed: int = 0
 
     def validate(self):

@@ -32,7 +32,6 @@ class TTCConfig:
     split: str = "test"  # val while tuning, test for reported numbers
     n_ics: int = 0  # 0 = every IC of the split
     horizons: tuple[int, ...] = (1, 4, 16)  # plus the final step
-    seed: int = 0
 
     def validate(self):
         if self.reward not in SELECTORS:
