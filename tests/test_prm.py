@@ -153,7 +153,8 @@ def test_train_prm_stage_end_to_end(tmp_path, monkeypatch, tracking_store_in, ti
     metrics = runs["train_prm"].data.metrics
     for key in ("prm/triplet_acc", "prm/spearman", "prm/ece", "train/loss", "val/loss", "prm/n3/captured"):
         assert key in metrics and math.isfinite(metrics[key])
-    assert len(tracker.client.get_metric_history(run_id, "val/loss")) == 2
+    steps = sorted(m.step for m in tracker.client.get_metric_history(run_id, "val/loss"))
+    assert len(steps) == 3 and steps[0] == 0  # the untrained anchor (epoch 0), then 2 epochs
     assert {"triplets/spread", "triplets/oracle_gap", "triplets/n_states"} <= set(runs["build_prm"].data.metrics)
     build_dir, prm_dir = tracker.artifact_dir(runs["build_prm"].info.run_id), tracker.artifact_dir(run_id)
     triplets = read_triplets(build_dir / "prm" / "triplets.h5", keys=("state", "best", "median", "worst", "candidates"))

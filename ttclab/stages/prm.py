@@ -27,6 +27,7 @@ from ..sampling import candidates
 from ..training import checkpoint
 from ..training.triplet import gather_candidates, draw_sets, rank_triplet, score_all
 from ..training.triplet import train as train_loop
+from ..ttc.rollout import rollout
 from . import stage
 from .common import data_path, operator_path
 
@@ -70,7 +71,16 @@ def build_prm(cfg, ctx, run):
     # Every (IC, step) pair is one state; its truth is the next snapshot.
     ic_of = ics.repeat_interleave(len(steps))
     t_of = steps.repeat(n_ic)
-    states, truth = traj[ic_of, t_of], traj[ic_of, t_of + 1]
+    truth = traj[ic_of, t_of + 1]
+    if tc.states == "truth":
+        states = traj[ic_of, t_of]
+    else:
+        # The states TTC actually meets: the operator's own deterministic rollout from each IC, with
+        # its accumulated error; candidates are still ranked against the true next snapshot.
+        with torch.no_grad():
+            pred = rollout(model, norm.encode(traj[ics, 0].to(ctx.device), ndim), traj.shape[1] - 2)
+            pred = norm.decode(pred.flatten(0, 1), ndim).view(pred.shape).cpu()
+        states = pred[torch.arange(n_ic).repeat_interleave(len(steps)), t_of]
     gen = torch.Generator(device=ctx.device).manual_seed(tc.seed)
     start = time.perf_counter()
     cands, mse, det, det_mse = [], [], [], []
@@ -93,7 +103,7 @@ def build_prm(cfg, ctx, run):
               "candidates": cands, "mse": mse, "det": det, "det_mse": det_mse, "ic": data.indices["train"][ic_of.numpy()],
               "step": t_of, "norm_mean": norm.mean.cpu(), "norm_std": norm.std.cpu()}
     arrays = {k: np.asarray(v) for k, v in arrays.items()}
-    attrs = {"problem": problem.name, "k": tc.k, "sampler": cfg.sampling.sampler,
+    attrs = {"problem": problem.name, "k": tc.k, "states": tc.states, "sampler": cfg.sampling.sampler,
              "latent_sigma": cfg.sampling.latent_sigma, "input_eps": cfg.sampling.input_eps, "seed": tc.seed}
     stats = {"triplets/n_ics": n_ic, "triplets/n_states": len(states), "triplets/k": tc.k,
              "triplets/sample_s": seconds, "triplets/candidates_per_s": len(states) * tc.k / seconds,

@@ -28,12 +28,15 @@ class TripletConfig:
     fraction: float = 0.125  # of the train ICs used for PRM supervision
     k: int = 16  # candidates drawn per state (100 at full scale; a small K keeps CPU builds short)
     stride: int = 1  # use every `stride`-th step of each trajectory as a state
+    states: str = "rollout"  # rollout: the operator's own rollout states (as TTC meets them); truth
     batch_size: int = 32  # states per batched pass (x k candidates); larger batches cost page faults
     seed: int = 0  # seeds the IC subset and the candidate noise
 
     def validate(self):
         if not 0 < self.fraction <= 1:
             raise ValueError("fraction must lie in (0, 1]")
+        if self.states not in ("rollout", "truth"):
+            raise ValueError(f"states must be rollout or truth, got {self.states!r}")
         if self.k < 3 or self.stride < 1 or self.batch_size < 1:
             raise ValueError("need k >= 3 (best, median, worst), stride >= 1 and batch_size >= 1")
 
@@ -135,7 +138,12 @@ def train(
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps_per_epoch)
-    state = {"step": 0, "best_val": float("inf"), "best_state": None, "best_epoch": 0}
+    # Epoch 0 competes too: for the reference head it is the anchor alone (zero correction), so the
+    # kept weights are never worse on validation than the untrained anchor.
+    val = evaluate(model, val_data, val_sets, cfg, device)
+    log({"val/loss": val, "epoch": 0}, 0)
+    state = {"step": 0, "best_val": val, "best_epoch": 0,
+             "best_state": copy.deepcopy({k: v.cpu() for k, v in model.state_dict().items()})}
     bar = tqdm(total=cfg.epochs * steps_per_epoch, desc="train_prm", disable=not progress)
     for epoch in range(cfg.epochs):
         model.train()
