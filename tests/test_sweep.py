@@ -61,7 +61,10 @@ def study_of(spec_path: Path, tracker: Tracker):
 
 @pytest.mark.parametrize("changes, key, fragment", [
     ({"space": {"train.lrr": {"type": "float", "low": 0.1, "high": 1.0}}}, "space.train.lrr", "valid keys of train"),
-    ({"fixed": {"modl.width": 4}}, "fixed", "unknown key modl"),
+    ({"fixed": {"modl.width": 4}}, "fixed.modl.width", "unknown key modl"),
+    ({"fixed": {"model.width": "wide"}}, "fixed.model.width", "must be an integer"),
+    ({"stage": "train", "n_trials": 2, "name": "x", "objective": {"metric": "val/loss"}, "space": {}}, "space",
+     "missing"),
     ({"space": {"train.lr": {"type": "float", "low": 1.0, "high": 0.1}}}, "space.train.lr", "need low < high"),
     ({"space": {"train.lr": {"type": "float", "low": 0.0, "high": 0.1, "log": True}}}, "space.train.lr", "low > 0"),
     ({"space": {"train.epochs": {"type": "float", "low": 1, "high": 3}}}, "space.train.epochs", "use type: int"),
@@ -79,6 +82,11 @@ def test_spec_errors_name_file_and_key(tmp_path, project, changes, key, fragment
     msg = str(err.value)
     assert str(path) in msg and key in msg and fragment in msg, msg
     assert "\n" not in msg
+
+
+def test_missing_project_is_named(tmp_path):
+    with pytest.raises(ConfigError, match=r"tiny-lr.yaml: project: no such file .*nowhere.yaml"):
+        load_spec(write_spec(tmp_path, Path("nowhere.yaml")))
 
 
 def test_cli_reports_a_bad_spec_in_one_line(tmp_path, project, isolated_tracking):

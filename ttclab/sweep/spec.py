@@ -225,11 +225,14 @@ def _check(spec: SweepSpec) -> None:
         _fail(src, f"space.{key}", "is also in `fixed`; keep it in one of them")
     for key in (set(spec.fixed) | set(spec.space)) & {spec.split_key}:
         _fail(src, key, "the split is set by objective.split (val) and by the final re-run (test)")
-    try:
-        base = spec.config({})
-    except ConfigError as err:
-        _fail(src, "fixed", str(err))
-    flat = base.flat()
+    if not Path(spec.project).is_file():
+        _fail(src, "project", f"no such file {spec.project} (relative paths: to the current directory or the spec)")
+    for key, value in spec.fixed.items():
+        try:
+            load_project(spec.project, [f"{key}={json.dumps(value)}"])
+        except ConfigError as err:
+            _fail(src, f"fixed.{key}", str(err))
+    flat = spec.config({}).flat()
     for key, param in spec.space.items():
         _check_param(spec, key, param, flat)
 
