@@ -1,7 +1,7 @@
 """Batched box-constrained iLQR for the quadratic control cost of `base` (one input, m = 1).
 
 Every iteration linearizes the dynamics along the current trajectories,
-    dx_{k+1} = A_k dx_k + B_k du_k,   A_k = dF/dx, B_k = dF/du  (torch.func, vmapped),
+    dx_{k+1} = A_k dx_k + B_k du_k,   A_k = dF/dx, B_k = dF/du  (by autograd, batched),
 and runs the Riccati-like backward pass of the Gauss-Newton model of
     c = dt sum_k (q |x_k - g|^2 + r u_k^2) + qf |x_T - g|^2 :
     Q_x  = 2 dt q e_k + A^T V_x          Q_u  = 2 dt r u_k + B^T V_x
@@ -18,20 +18,24 @@ each problem's cost is non-increasing and every iterate respects the bound.
 from __future__ import annotations
 
 import torch
-from torch.func import jacfwd, vmap
 
 ALPHAS = (1.0, 0.5, 0.25, 0.1, 0.03, 0.01)
 
 
 def linearize(problem, traj: torch.Tensor, controls: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """traj (B, T+1, n), controls (B, T, m) -> A (B, T, n, n), B (B, T, n, m) along the trajectory."""
+    """traj (B, T+1, n), controls (B, T, m) -> A (B, T, n, n), B (B, T, n, m) along the trajectory.
+
+    `step` acts on each row of a batch independently, so the gradient of the column sum of output i
+    is row i of every sample's Jacobian at once: n backward passes instead of one per sample."""
     Bsz, T, m = controls.shape
     n = traj.shape[-1]
-
-    def single(x, u):  # the batched step applied to one state; vmap restores the batch
-        return problem.step(x[None], u[None])[0]
-
-    A, B = vmap(jacfwd(single, argnums=(0, 1)))(traj[:, :-1].reshape(-1, n), controls.reshape(-1, m))
+    x = traj[:, :-1].reshape(-1, n).detach().requires_grad_(True)
+    u = controls.reshape(-1, m).detach().requires_grad_(True)
+    with torch.enable_grad():
+        y = problem.step(x, u)
+        rows = [torch.autograd.grad(y[:, i].sum(), (x, u), retain_graph=i < n - 1) for i in range(n)]
+    A = torch.stack([r[0] for r in rows], dim=1)  # A[s, i, j] = d y_i / d x_j
+    B = torch.stack([r[1] for r in rows], dim=1)
     return A.view(Bsz, T, n, n), B.view(Bsz, T, n, m)
 
 
