@@ -1,9 +1,12 @@
 """Stages `build_prm` (ranked candidates from the stochastic operator) and `train_prm` (the PRM).
 
 build_prm: for a seeded fraction of the *train* ICs and every `stride`-th step of each trajectory,
-draw K candidates of the next state (all states of a chunk x K candidates in one batched pass),
-rank them by their true MSE to the next snapshot and keep (state, best, median, worst) plus all K
-candidates and MSEs, so train_prm can draw sets of any size and measure rank correlation over all K.
+take a state (by default the operator's own deterministic rollout state, carrying the accumulated
+error TTC will meet; `triplets.states: truth` takes the data snapshot), draw K candidates of the
+next state (a chunk of states x K candidates in one batched pass), rank them by their true MSE to
+the next snapshot and keep (state, best, median, worst) plus all K candidates, their MSEs and the
+deterministic prediction, so train_prm can draw sets of any size and measure rank correlation over
+all K.
 train_prm: hold out a fraction of those ICs, train the PRM with the triplet margin loss, and report
 held-out ranking quality: prm/triplet_acc, prm/spearman, prm/ece, a reliability plot.
 """
