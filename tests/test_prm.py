@@ -101,7 +101,8 @@ def test_prm_reward_obeys_the_contract_and_prefers_the_least_noisy(synthetic_prm
     model, cfg, val, _, _ = synthetic_prm
     # Physical units = 2 * normalized + 1 per channel; the reward must undo it with the stored normalizer.
     norm = Normalizer(np.ones(3, np.float32), 2 * np.ones(3, np.float32))
-    path = save_prm(tmp_path / "prm.pt", model, norm, {"type": "euler1d"}, {**SYNTH_CFG, "features": ["state", "increment"]}, 3)
+    prm_cfg = {**SYNTH_CFG, "features": ["state", "increment"]}
+    path = save_prm(tmp_path / "prm.pt", model, norm, {"type": "euler1d"}, prm_cfg, 3)
     score = make_reward("prm", prm_path=path, device="cpu")
     cands, prev = norm.decode(val["cands"][:16].flatten(0, 1), 1).view(16, 8, 3, 32), norm.decode(val["state"][:16], 1)
     scores = score(cands, prev)

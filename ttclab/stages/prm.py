@@ -103,8 +103,9 @@ def build_prm(cfg, ctx, run):
     trip = rank_triplet(mse)
     best, median, worst = (gather_candidates(cands, trip[:, j : j + 1]).squeeze(1) for j in range(3))
     arrays = {"state": states, "truth": truth, "best": best, "median": median, "worst": worst,
-              "candidates": cands, "mse": mse, "det": det, "det_mse": det_mse, "ic": data.indices["train"][ic_of.numpy()],
-              "step": t_of, "norm_mean": norm.mean.cpu(), "norm_std": norm.std.cpu()}
+              "candidates": cands, "mse": mse, "det": det, "det_mse": det_mse,
+              "ic": data.indices["train"][ic_of.numpy()], "step": t_of,
+              "norm_mean": norm.mean.cpu(), "norm_std": norm.std.cpu()}
     arrays = {k: np.asarray(v) for k, v in arrays.items()}
     attrs = {"problem": problem.name, "k": tc.k, "states": tc.states, "sampler": cfg.sampling.sampler,
              "latent_sigma": cfg.sampling.latent_sigma, "input_eps": cfg.sampling.input_eps, "seed": tc.seed}

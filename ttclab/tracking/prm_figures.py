@@ -31,6 +31,7 @@ def reliability_html(calib: dict, summary: dict | None = None, name: str = "PRM"
     fig.update_yaxes(title_text="goodness quantile (1 = lowest MSE)", range=[0, 1], row=1, col=1)
     fig.update_yaxes(title_text="MSE / mean MSE of the state's candidates", row=1, col=2)
     keys = [k for k in ("prm/triplet_acc", "prm/spearman", "prm/ece") if summary and k in summary]
-    title = f"{name} reliability" + (" (" + ", ".join(f"{k.split('/')[-1]} {summary[k]:.3f}" for k in keys) + ")" if keys else "")
+    values = ", ".join(f"{k.split('/')[-1]} {summary[k]:.3f}" for k in keys)
+    title = f"{name} reliability" + (f" ({values})" if keys else "")
     fig.update_layout(title=title, template="plotly_white", bargap=0.1)
     return fig.to_html(include_plotlyjs=True, full_html=True)

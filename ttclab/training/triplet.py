@@ -85,7 +85,8 @@ def batch_loss(model: PRM, batch: dict, subset, triplet, cfg: PRMConfig) -> torc
 
 
 @torch.no_grad()
-def score_all(model: PRM, data: dict, cands: torch.Tensor | None = None, batch_size: int = 128, device="cpu") -> torch.Tensor:
+def score_all(model: PRM, data: dict, cands: torch.Tensor | None = None, batch_size: int = 128,
+              device="cpu") -> torch.Tensor:
     """Scores (S, N) of `cands` (default: all K candidates of `data`), each state's set scored together."""
     model.eval()
     cands = data["cands"] if cands is None else cands
@@ -110,7 +111,8 @@ def evaluate(model: PRM, data: dict, sets: tuple, cfg: PRMConfig, device) -> flo
     total = 0.0
     for i in range(0, len(subset), cfg.batch_size):
         sl = slice(i, i + cfg.batch_size)
-        total += float(batch_loss(model, take(data, sl, device), subset[sl].to(device), triplet[sl].to(device), cfg)) * len(subset[sl])
+        loss = batch_loss(model, take(data, sl, device), subset[sl].to(device), triplet[sl].to(device), cfg)
+        total += float(loss) * len(subset[sl])
     return total / max(len(subset), 1)
 
 
@@ -152,7 +154,8 @@ def train(
         running = 0.0
         for i in range(0, n, cfg.batch_size):
             idx = perm[i : i + cfg.batch_size]
-            loss = batch_loss(model, take(train_data, idx, device), subset[idx].to(device), triplet[idx].to(device), cfg)
+            batch = take(train_data, idx, device)
+            loss = batch_loss(model, batch, subset[idx].to(device), triplet[idx].to(device), cfg)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
