@@ -27,13 +27,16 @@ from ttclab.ttc.search import search
 PROJECT = Path(__file__).resolve().parents[1] / "projects" / "euler1d.yaml"
 
 
-def best_of(fn, repeats: int) -> float:
-    times = []
+def best_of_interleaved(fns: list, repeats: int) -> list[float]:
+    """Best wall time of each function, the functions alternating in every round, so a load change
+    on the shared machine hits all of them alike."""
+    best = [float("inf")] * len(fns)
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+        for i, fn in enumerate(fns):
+            start = time.perf_counter()
+            fn()
+            best[i] = min(best[i], time.perf_counter() - start)
+    return best
 
 
 def main():
@@ -67,7 +70,7 @@ def main():
     def baseline():
         search(model, norm, problem, truth, "baseline")
 
-    t_raw, t_ttc, t_base = best_of(raw, args.repeats), best_of(ttc, args.repeats), best_of(baseline, args.repeats)
+    t_raw, t_ttc, t_base = best_of_interleaved([raw, ttc, baseline], args.repeats)
     cand_steps = b * n * args.steps
     print(f"ICs {b}, steps {args.steps}, N {n}, threads {torch.get_num_threads()}")
     print(f"raw batched forward : {cand_steps / t_raw:10.0f} candidate-steps/s ({t_raw:.2f} s)")
