@@ -28,15 +28,3 @@ def headroom_captured(mse_baseline: float, mse_sel: float, mse_oracle: float) ->
     gap = mse_baseline - mse_oracle
     return float("nan") if gap <= 0 else (mse_baseline - mse_sel) / gap
 
-
-def _ranks(x: torch.Tensor) -> torch.Tensor:
-    return x.argsort(dim=1).argsort(dim=1).to(torch.float64)
-
-
-def spearman(scores: torch.Tensor, errors: torch.Tensor) -> float:
-    """Mean over rows of the rank correlation between score and -error; (B, N), (B, N) -> float.
-    +1: the reward orders candidates exactly as their true error does; 0: no better than chance."""
-    rs, re = _ranks(scores), _ranks(-errors)
-    rs, re = rs - rs.mean(1, keepdim=True), re - re.mean(1, keepdim=True)
-    denom = (rs.norm(dim=1) * re.norm(dim=1)).clamp_min(1e-12)
-    return float(((rs * re).sum(1) / denom).mean())

@@ -18,7 +18,8 @@ import torch
 
 from ..data.datasets import SplitData
 from ..metrics.rollout import conservation_drift, default_horizons, mse_per_step, nrmse_per_step
-from ..metrics.ttc import best_pick_rate, headroom_captured, sample_gain, spearman, summarize_gain
+from ..metrics.prm import spearman
+from ..metrics.ttc import best_pick_rate, headroom_captured, sample_gain, summarize_gain
 from ..rewards import make_reward
 from ..tracking import figures
 from ..training.checkpoint import load_operator
@@ -108,7 +109,7 @@ def ttc(cfg, ctx, run):
     if main.scores:
         scores, errors = torch.cat(main.scores), torch.cat(main.errors)
         if scores.shape[1] > 1:
-            metrics["reward/spearman"] = float(spearman(scores, errors))
+            metrics["reward/spearman"] = float(spearman(scores, errors).mean())
             metrics["reward/best_pick_rate"] = best_pick_rate(scores, errors)
     for term, (chosen, mean, count) in main.terms.items():
         metrics[f"reward/terms/{term}/chosen"] = chosen / count

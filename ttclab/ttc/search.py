@@ -106,6 +106,8 @@ def search(model, normalizer, problem, truth: torch.Tensor, selector: str, rewar
             step_truth = truth[ic, t + 1]
             scores = reward(torch.nan_to_num(cand), normalizer.decode(x, nd), step_truth)
             out.reward_evals += scores.numel()
+            # A reward that runs the operator itself (the PRM's anchor) costs forward passes too.
+            out.model_evals += getattr(reward, "operator_evals_per_state", 0) * x.shape[0]
             scores = torch.where(valid, scores, torch.full_like(scores, -torch.inf))
             fallback = _collapsed(scores, valid, selector, getattr(reward, "tolerance", 0.0))
             _record(out, scores, cand, step_truth, valid, getattr(reward, "last_terms", None))
