@@ -66,6 +66,9 @@ def finalize(spec: SweepSpec, study: optuna.Study, parent, ctx: Context, say: Ca
     say(f"[sweep {spec.name}] best trial {top.number}: "
         + ", ".join(f"{o.metric}={v:.4g}" for o, v in zip(spec.objective, top.values))
         + f" with {json.dumps(top.params)}" + (f"; Pareto front of {len(best)}" if spec.multi else ""))
+    for t in best[1:] if spec.multi else ():
+        say(f"[sweep {spec.name}]   Pareto front: trial {t.number} "
+            + ", ".join(f"{o.metric}={v:.4g}" for o, v in zip(spec.objective, t.values)) + f" with {json.dumps(t.params)}")
     finished = str(sum(summary["trials"].values()))
     if ctx.tracker.run_info(parent.id).data.tags.get("ttclab.sweep.reported") == finished:
         return summary  # a resumed sweep with nothing left to run: already logged
