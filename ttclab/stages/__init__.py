@@ -74,10 +74,11 @@ class Context:
 
 
 def set_threads(n: int | None = None) -> None:
-    """Use the cores we were given (a sweep worker gets its share via TTCLAB_THREADS)."""
-    n = n or int(os.environ.get("TTCLAB_THREADS", "0")) or None
-    if n:
-        torch.set_num_threads(n)
+    """Torch threads: `n`, else $TTCLAB_THREADS (sweep workers get their share of the cores this
+    way), else 1. One thread is the default because the models are small: on an idle 2-core
+    machine a second thread gains little, while on a shared one OpenMP's busy-waiting made training
+    up to ~200x slower (4 s per step instead of 0.02 s). Set TTCLAB_THREADS=2 on a dedicated box."""
+    torch.set_num_threads(n or int(os.environ.get("TTCLAB_THREADS", "0")) or 1)
 
 
 from . import compare, demo, generate, prm, train, trc, ttc  # noqa: E402,F401  (registration)
