@@ -76,11 +76,7 @@ def train(
         for i in range(0, len(inputs), cfg.batch_size):
             idx = perm[i : i + cfg.batch_size]
             loss = unrolled_mse(model, inputs[idx].to(device), targets[idx].to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            sched.step()
+            optimizer_step(model, opt, sched, loss, cfg.grad_clip)
             state["step"] += 1
             running, seen = running + float(loss.detach()), seen + 1
             if state["step"] % cfg.log_every == 0:
@@ -103,3 +99,13 @@ def train(
         on_epoch(epoch + 1, val, resumable)
     bar.close()
     return state
+
+
+def optimizer_step(model, opt, sched, loss: torch.Tensor, grad_clip: float) -> None:
+    """One update shared by every training loop: backprop, clip the global gradient norm, step the
+    optimizer and the per-step learning-rate schedule."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    opt.step()
+    sched.step()

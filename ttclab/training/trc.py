@@ -20,6 +20,7 @@ from tqdm import tqdm
 from ..config import build, to_dict
 from ..models import MODELS, make_model
 from ..problems import PROBLEMS, make_problem
+from .loop import optimizer_step
 
 FORMAT = "ttclab.trc/1"
 
@@ -147,11 +148,7 @@ def fit(model, problem, data: dict, cfg: TRCConfig, *, device="cpu", seed: int =
                     parts["value"] = value_loss(out.values, costs)
             weights = {"bc": 1.0, "process": cfg.process_weight, "value": cfg.value_weight}
             loss = sum(weights[k] * v for k, v in parts.items())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            sched.step()
+            optimizer_step(model, opt, sched, loss, cfg.grad_clip)
             state["step"] += 1
             for k, v in {"loss": loss, **parts}.items():
                 running[k] = running.get(k, 0.0) + float(v.detach())

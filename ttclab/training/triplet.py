@@ -21,6 +21,7 @@ import torch
 from tqdm import tqdm
 
 from ..models.prm import PRM, PRMConfig
+from .loop import optimizer_step
 
 
 @dataclass
@@ -156,11 +157,7 @@ def train(
             idx = perm[i : i + cfg.batch_size]
             batch = take(train_data, idx, device)
             loss = batch_loss(model, batch, subset[idx].to(device), triplet[idx].to(device), cfg)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            sched.step()
+            optimizer_step(model, opt, sched, loss, cfg.grad_clip)
             state["step"] += 1
             running += float(loss.detach())
             bar.update(1)
