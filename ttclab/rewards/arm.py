@@ -64,7 +64,8 @@ def arm_reward(problem=None, arm: ARMConfig | None = None, **_):
         score.last_terms = terms  # the controller logs which term drove each choice
         return arm_score(terms, cfg)
 
-    # The terms are relative changes computed from float32 states: differences below ~1e-6 are
-    # round-off (e.g. after conservation projection), so the controller treats them as a tie.
-    score.tolerance = 1e-6
+    # The terms are relative changes computed from float32 states: differences below ~1e-6 per
+    # unit weight are round-off (e.g. after conservation projection), so the controller treats
+    # them as a tie. Scaled by the weights, so shrinking every weight cannot make ARM abstain.
+    score.tolerance = 1e-6 * (cfg.w_mass + cfg.w_momentum + cfg.w_energy + cfg.w_bc + cfg.w_positivity)
     return score
