@@ -10,7 +10,6 @@ Checkpoint (`model/prm.pt` of a `train_prm` run): a plain dict that loads with
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
@@ -25,37 +24,23 @@ from . import REWARDS
 FORMAT = "ttclab.prm/1"
 
 
-class PRMCheckpointError(ValueError):
+class PRMCheckpointError(checkpoint.CheckpointError):
     """A PRM checkpoint that cannot be used; the message names the file and the fix."""
 
 
 def save_prm(path: str | Path, model: PRM, normalizer: Normalizer, problem_cfg: dict, prm_cfg: dict,
              n_fields: int, **extra) -> Path:
     """Atomic write (temp file + rename), like the operator checkpoints."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     blob = {"format": FORMAT, "prm": prm_cfg, "problem": problem_cfg, "n_fields": n_fields, "ndim": model.ndim,
             "norm_mean": normalizer.mean.cpu(), "norm_std": normalizer.std.cpu(),
             "state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, **extra}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(blob, tmp)
-    os.replace(tmp, path)
-    return path
+    return checkpoint.atomic_save(blob, path)
 
 
 def load_prm(path: str | Path, device="cpu", expect_problem: str | None = None):
     """-> (PRM in eval mode, operator Normalizer, embedded operator in eval mode or None)."""
-    path = Path(path)
     fix = "train one with `ttclab train_prm` or pass the model/prm.pt of a train_prm run"
-    if not path.is_file():
-        raise PRMCheckpointError(f"{path}: no such PRM checkpoint; {fix}")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for corrupt or foreign files
-        raise PRMCheckpointError(f"{path}: not a readable PRM checkpoint ({type(err).__name__}); {fix}") from None
-    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
-        found = blob.get("format") if isinstance(blob, dict) else type(blob).__name__
-        raise PRMCheckpointError(f"{path}: not a {FORMAT} checkpoint (found {found!r}); {fix}")
+    blob = checkpoint.read(path, FORMAT, fix, kind="PRM ", error=PRMCheckpointError)
     problem = blob["problem"].get("type")
     if expect_problem is not None and problem != expect_problem:
         raise PRMCheckpointError(f"{path}: PRM was trained on {problem!r}, not {expect_problem!r}; {fix}")

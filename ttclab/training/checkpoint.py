@@ -21,9 +21,7 @@ class CheckpointError(ValueError):
 
 
 def save(path: str | Path, *, problem_cfg: dict, model_cfg: dict, normalizer: Normalizer, model, **extra) -> Path:
-    """Write to a temp file and rename, so a crash mid-save never leaves a truncated checkpoint."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Operator checkpoint: configs as dicts, normalization and weights, written atomically."""
     blob = {
         "format": FORMAT,
         "problem": problem_cfg,
@@ -33,22 +31,33 @@ def save(path: str | Path, *, problem_cfg: dict, model_cfg: dict, normalizer: No
         "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
         **extra,
     }
+    return atomic_save(blob, path)
+
+
+def atomic_save(blob: dict, path: str | Path) -> Path:
+    """torch.save to a temp file, then rename: a crash mid-save never leaves a truncated file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     torch.save(blob, tmp)
     os.replace(tmp, path)
     return path
 
 
-def read(path: str | Path) -> dict:
-    path = Path(path)
+def read(path: str | Path, fmt: str = FORMAT, fix: str = "train one with `ttclab train` or fix the URI",
+         kind: str = "", error: type = None) -> dict:
+    """Load a checkpoint dict of format `fmt` with weights_only=True; a missing, unreadable or
+    foreign file raises `error` (default CheckpointError) naming the path, the problem and `fix`."""
+    path, error = Path(path), error or CheckpointError
     if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint; train one with `ttclab train` or fix the URI")
+        raise error(f"{path}: no such {kind}checkpoint; {fix}")
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for corrupt or foreign files
-        raise CheckpointError(f"{path}: not a readable ttclab checkpoint ({type(err).__name__}); retrain it") from None
-    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a {FORMAT} checkpoint; retrain it with `ttclab train`")
+        raise error(f"{path}: not a readable ttclab {kind}checkpoint ({type(err).__name__}); {fix}") from None
+    if not isinstance(blob, dict) or blob.get("format") != fmt:
+        found = blob.get("format") if isinstance(blob, dict) else type(blob).__name__
+        raise error(f"{path}: not a {fmt} checkpoint (found {found!r}); {fix}")
     return blob
 
 
