@@ -10,7 +10,7 @@ from ttclab.problems import make_problem
 from ttclab.stages import STAGES, Context
 from ttclab.tracking import store
 from ttclab.tracking.store import Tracker
-from ttclab.training.checkpoint import load_operator
+from ttclab.models.checkpoint import load_operator
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,8 @@ import torch
 from ttclab.data.datasets import SplitData
 from ttclab.models import make_model
 from ttclab.problems import make_problem
-from ttclab.training import checkpoint
-from ttclab.training.checkpoint import CheckpointError
+from ttclab.models import checkpoint
+from ttclab.models.checkpoint import CheckpointError
 from ttclab.training.loop import evaluate, train
 
 

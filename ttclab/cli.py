@@ -12,7 +12,7 @@ import click
 
 from .config import ConfigError
 from .data.pdebench import DataError
-from .training.checkpoint import CheckpointError
+from .models.checkpoint import CheckpointError
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError, KeyError, FileNotFoundError, ValueError)
 

@@ -14,8 +14,10 @@ from typing import Any
 
 import yaml
 
+from .errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A bad config value; the message names the source, the key and the fix."""
 
 

@@ -16,10 +16,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from ..errors import UserError
 from ..problems.base import PDEProblem, Trajectories
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A data file that does not match the problem's layout; the message names the file and fix."""
 
 

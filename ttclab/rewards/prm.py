@@ -18,7 +18,7 @@ from ..config import ConfigError, build
 from ..data.datasets import Normalizer
 from ..models import MODELS, make_model
 from ..models.prm import PRM, PRMConfig
-from ..training import checkpoint
+from ..models import checkpoint
 from . import REWARDS
 
 FORMAT = "ttclab.prm/1"

@@ -27,7 +27,7 @@ from ..models.prm import PRM
 from ..problems import make_problem
 from ..rewards.prm import save_prm
 from ..sampling import candidates
-from ..training import checkpoint
+from ..models import checkpoint
 from ..training.triplet import gather_candidates, draw_sets, rank_triplet, score_all
 from ..training.triplet import train as train_loop
 from ..ttc.rollout import rollout

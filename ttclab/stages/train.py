@@ -11,7 +11,7 @@ from ..data.datasets import SplitData
 from ..metrics.rollout import default_horizons, mse_per_step, nrmse_per_step
 from ..models import make_model
 from ..problems import make_problem
-from ..training import checkpoint
+from ..models import checkpoint
 from ..training.loop import train as train_loop
 from ..ttc.rollout import rollout
 from . import stage

@@ -22,7 +22,7 @@ from ..metrics.prm import spearman
 from ..metrics.ttc import best_pick_rate, headroom_captured, sample_gain, summarize_gain
 from ..rewards import make_reward
 from ..tracking import figures
-from ..training.checkpoint import load_operator
+from ..models.checkpoint import load_operator
 from ..ttc.search import search
 from . import stage
 from .common import data_path, operator_path

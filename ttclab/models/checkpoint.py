@@ -10,13 +10,14 @@ import torch
 
 from ..config import ConfigError, build
 from ..data.datasets import Normalizer
-from ..models import MODELS, make_model
+from ..errors import UserError
 from ..problems import PROBLEMS, make_problem
+from . import MODELS, make_model
 
 FORMAT = "ttclab.operator/1"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint that cannot serve the requested problem; the message names the file and fix."""
 
 
