@@ -12,7 +12,12 @@ from ttclab.models import make_model
 from ttclab.problems import make_problem
 from ttclab.models import checkpoint
 from ttclab.models.checkpoint import CheckpointError
-from ttclab.training.loop import evaluate, train
+from ttclab.models.prm import PRM, PRMConfig
+from ttclab.models.trc import TRCModelConfig
+from ttclab.problems.control.double_integrator import DoubleIntegratorConfig
+from ttclab.training.loop import TrainConfig, evaluate, train
+from ttclab.training.trc import TRCConfig, fit, with_teacher_cost
+from ttclab.training.triplet import train as train_prm
 
 
 @pytest.fixture
@@ -135,3 +140,71 @@ def test_resume_from_last_checkpoint_continues_where_it_stopped(tmp_path, setup)
     assert min(steps) == 2 * steps_per_epoch + 1 and final["step"] == 4 * steps_per_epoch
     for key, value in reference.state_dict().items():
         torch.testing.assert_close(fresh.state_dict()[key], value, msg=key)
+
+
+# Loss values printed by the three separate loops before they became one (commit "pin ..."): the
+# shared loop must reproduce them on the same seeds, so the refactor changed no numbers.
+PINNED = {
+    "operator": [1.6841893196105957, 1.0866849422454834, 1.3803305625915527, 1.3702216148376465,
+                 1.2410041093826294, 1.2935147285461426, 1.4030978679656982, 1.1181681156158447,
+                 1.3611786365509033, 1.213531494140625],
+    "prm": [0.0881713479757309, 0.10540662954250972, 0.08892818540334702, 0.08920787771542867,
+            0.08842122554779053, 0.09879615157842636, 0.08829853683710098],
+    "trc_bc": [6.342813014984131, 6.324553966522217, 7.339052677154541, 1303.8009508243688,
+               6.29024076461792, 6.108439922332764, 6.673401355743408, 1218.3743967940427],
+    "trc_ps": [938.9498901367188, 844.9942016601562, 777.2987670898438, 954.4401450514113,
+               635.8045654296875, 451.9617919921875, 939.904296875, 884.3530642584614],
+}
+
+
+def operator_losses():
+    """A circular conv on random fields, 2-step unrolled targets: the loop alone, independent of the
+    FNO and of the data generator (both may change without changing the loop)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 3, 16, generator=g)
+    y = torch.stack([torch.roll(x, 1, -1), torch.roll(x, 2, -1)], 1) + 0.1 * torch.randn(40, 2, 3, 16, generator=g)
+    torch.manual_seed(0)
+    model = torch.nn.Conv1d(3, 3, 3, padding=1, padding_mode="circular")
+    logged = []
+    train(model, (x[:32], y[:32]), (x[32:], y[32:]), TrainConfig(epochs=2, batch_size=8, lr=1e-2, log_every=1),
+          seed=0, log=lambda m, s: logged.append(m), progress=False)
+    return [m.get("train/loss", m.get("val/loss")) for m in logged]
+
+
+def prm_data(n, k, seed):
+    g = torch.Generator().manual_seed(seed)
+    state = torch.randn(n, 2, 16, generator=g)
+    truth = torch.roll(state, 1, -1)
+    noise = (0.05 + 0.5 * torch.rand(n, k, 1, 1, generator=g)) * torch.randn(n, k, 2, 16, generator=g)
+    cands = truth.unsqueeze(1) + noise
+    mse = ((cands - truth.unsqueeze(1)) ** 2).flatten(2).mean(2)
+    return {"state": state, "truth": truth, "cands": cands, "mse": mse,
+            "anchor": truth + 0.1 * torch.randn(n, 2, 16, generator=g)}
+
+
+def prm_losses():
+    """Reference head with the operator anchor: triplet margin + reference regression."""
+    cfg = PRMConfig(width=8, layers=2, epochs=3, batch_size=16, set_size=4, seed=0)
+    torch.manual_seed(0)
+    model = PRM(cfg, n_fields=2, ndim=1)
+    logged = []
+    train_prm(model, prm_data(40, 6, 0), prm_data(12, 6, 1), cfg, log=lambda m, s: logged.append(m), progress=False)
+    return [m[k] for m in logged for k in ("train/loss", "val/loss") if k in m]
+
+
+def trc_losses(process_weight):
+    problem = make_problem(DoubleIntegratorConfig(n_train=24, n_val=8, n_test=8))
+    data = with_teacher_cost(problem, problem.make_dataset()[0])
+    torch.manual_seed(0)
+    model = make_model(TRCModelConfig(latent=16, layers=1, H_cycles=2, L_cycles=1), **problem.dims)
+    logged = []
+    fit(model, problem, data, TRCConfig(epochs=2, batch_size=8, process_weight=process_weight, log_every=1),
+        seed=0, log=lambda m, s: logged.append(m), progress=False)
+    return [m.get("train/loss", m.get("val/loss")) for m in logged]
+
+
+@pytest.mark.parametrize("kind", sorted(PINNED))
+def test_losses_match_the_values_pinned_before_the_shared_loop(kind):
+    losses = {"operator": operator_losses, "prm": prm_losses, "trc_bc": lambda: trc_losses(0.0),
+              "trc_ps": lambda: trc_losses(0.5)}[kind]()
+    assert losses == pytest.approx(PINNED[kind], rel=1e-6)
