@@ -1,6 +1,8 @@
-"""Learned components: the FNO operator (and, with later stages, PRM scorer and TRC controller)."""
+"""Learned components: operators (the `Operator` contract in operator.py; fno), the PRM scorer and
+the TRC controller. MODELS holds every `model.type`; `operator_names()` the ones that are operators."""
 
 from ..registry import Registry
+from .operator import Operator, OperatorError, Perturbation  # noqa: F401  (the contract)
 
 MODELS: Registry = Registry("model")
 
@@ -8,6 +10,11 @@ MODELS: Registry = Registry("model")
 def make_model(cfg, **dims):
     """Instantiate the model a config dataclass describes (its `type` names the registry entry)."""
     return MODELS.get(cfg.type)(cfg, **dims)
+
+
+def operator_names() -> list[str]:
+    """Registered model types that implement the operator contract (the rest are controllers)."""
+    return [name for name in MODELS.names() if issubclass(MODELS.get(name), Operator)]
 
 
 from . import fno, trc  # noqa: E402,F401  (registration)

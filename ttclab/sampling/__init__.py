@@ -5,6 +5,8 @@ Samplers (combine with '+', e.g. "latent_noise+input_perturb"):
     latent_noise   Gaussian noise of scale `latent_sigma` on the operator's lifted latent
     input_perturb  Gaussian noise of scale `input_eps` on the normalized input
 All B*N candidates go through the operator as one batch; one torch.Generator seeds them all.
+This module turns the config into the operator contract's `Perturbation` (models/operator.py) and
+the operator checks it against its declared capabilities (`latent`, `dropout_rate`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..models.fno import Perturbation
+from ..models.operator import Perturbation
 
 SAMPLERS = ("mc_dropout", "latent_noise", "input_perturb")
 
@@ -49,6 +51,4 @@ def perturbation(cfg: SamplingConfig) -> Perturbation:
 @torch.no_grad()
 def candidates(model, state: torch.Tensor, n: int, cfg: SamplingConfig, generator: torch.Generator) -> torch.Tensor:
     """state (B, C, *X) normalized -> (B, n, C, *X) normalized candidates, one batched forward pass."""
-    if "mc_dropout" in cfg.parts and getattr(model.cfg, "dropout", 0.0) == 0:
-        raise ValueError("sampler mc_dropout needs an operator trained with model.dropout > 0")
     return model.eval().sample_next(state, n, perturbation(cfg), generator)
