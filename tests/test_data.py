@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+from ttclab.config import ConfigError
 from ttclab.data import pdebench
 from ttclab.data.datasets import DataConfig, SplitData, channel_stats, make_splits
 from ttclab.data.pdebench import DataError, PDEBenchFile
 from ttclab.problems import make_problem
-from ttclab.problems.base import Trajectories
+from ttclab.problems.base import Trajectories, coordinates, frame_times
 
 
 @pytest.fixture
@@ -24,19 +25,20 @@ def euler1d(tiny_project):
 def random_trajectories(problem, n=5, t=6, seed=0) -> Trajectories:
     rng = np.random.default_rng(seed)
     fields = rng.uniform(0.5, 1.5, (n, t, problem.n_fields, *problem.shape)).astype(np.float32)
-    coords = {"x-coordinate": np.linspace(0, 1, problem.shape[0], dtype=np.float32),
-              "t-coordinate": np.linspace(0, 0.4, t, dtype=np.float32)}
+    coords = coordinates(problem) | {"t-coordinate": frame_times(0.4, t)}
     return Trajectories(fields, coords, {"gamma": 1.4, "seed": seed})
 
 
-def write_pdebench_1d_cfd(path, fields: np.ndarray, keys=("density", "Vx", "pressure")):
-    """A file as PDEBench's own 1D_CFD generator lays it out: no `ttclab` group, no problem attr."""
+def write_pdebench_1d_cfd(path, fields: np.ndarray, keys=("density", "Vx", "pressure"), t_end=0.4):
+    """A file as PDEBench's own 1D_CFD merge lays it out (unit domain here; tests/test_pdebench_files.py
+    covers (-1, 1)): cell centres, T + 1 times, no gamma, no `ttclab` group, no problem attr."""
     n, t, _, x = fields.shape
     with h5py.File(path, "w") as f:
         for c, key in enumerate(keys):
             f.create_dataset(key, data=fields[:, :, c])
-        f.create_dataset("x-coordinate", data=np.linspace(0, 1, x, dtype=np.float32))
-        f.create_dataset("t-coordinate", data=np.linspace(0, 1, t + 1, dtype=np.float32))
+        f.create_dataset("x-coordinate", data=((np.arange(x) + 0.5) / x).astype(np.float32))
+        f.create_dataset("t-coordinate", data=(np.arange(t + 1) * t_end / (t - 1)).astype(np.float32))
+        f.attrs["eta"], f.attrs["zeta"] = 0.01, 0.01
 
 
 @pytest.mark.parametrize("problem_name", ["euler1d", "burgers1d", "euler2d"])
@@ -59,13 +61,14 @@ def test_write_read_round_trip(tmp_path, tiny_project, problem_name):
         assert f.attrs["gamma"] == 1.4 and f.attrs["problem"] == problem_name
 
 
-def test_genuine_pdebench_layout_loads_with_splits_and_stats_on_the_fly(tmp_path, euler1d):
-    fields = random_trajectories(euler1d, n=20, t=7).fields
+def test_genuine_pdebench_layout_loads_with_splits_and_stats_on_the_fly(tmp_path, tiny_project):
+    euler1d = make_problem(tiny_project("euler1d", "problem.gamma=1.4").problem)  # the file states no gamma
+    fields = random_trajectories(euler1d, n=20, t=9).fields
     path = tmp_path / "1D_CFD_Rand_Eta0.01_Zeta0.01_periodic_Train.hdf5"
     write_pdebench_1d_cfd(path, fields)
 
     with PDEBenchFile(path, euler1d) as f:
-        assert (f.n_trajectories, f.n_snapshots, f.spatial_shape) == (20, 7, euler1d.shape)
+        assert (f.n_trajectories, f.n_snapshots, f.spatial_shape) == (20, 9, euler1d.shape)
         assert f.meta("split_train") is None
         np.testing.assert_array_equal(f.read(), fields)
 
@@ -176,9 +179,12 @@ def test_interrupted_write_leaves_no_file(tmp_path, monkeypatch, euler1d):
 
 def test_split_data_reads_at_most_n_trajectories(tmp_path, tiny_data_file, euler1d):
     path = shutil.copy(tiny_data_file("euler1d"), tmp_path / "copy.h5")
-    data = SplitData(path, euler1d, DataConfig(n_trajectories=6))
-    assert sum(len(v) for v in data.indices.values()) <= 6
-    assert all((v < 6).all() for v in data.indices.values())
+    data = SplitData(path, euler1d, DataConfig(n_trajectories=9))
+    assert sum(len(v) for v in data.indices.values()) <= 9
+    assert all((v < 9).all() for v in data.indices.values())
+    # The stored val split of the 12-IC file is (6, 10): reading 6 ICs would leave it empty.
+    with pytest.raises(ConfigError, match="train 5, val 0, test 1.*data.n_trajectories"):
+        SplitData(path, euler1d, DataConfig(n_trajectories=6))
 
 
 def test_a_file_on_another_grid_than_the_problem_is_refused(tiny_data_file, tiny_project):

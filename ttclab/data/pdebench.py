@@ -3,14 +3,21 @@
 Layouts (N trajectories, T snapshots, X[, Y] cells), float32:
     "fields": one dataset per primitive field, e.g. density, Vx, pressure: (N, T, *X)   (1D/2D CFD)
     "tensor": a single dataset `tensor`: (N, T, *X)                                 (1D Burgers)
-plus `x-coordinate` (X), [`y-coordinate` (Y)], `t-coordinate` and attributes. ttclab adds a group
-`ttclab/` with the IC splits and the train-only normalization; genuine PDEBench files lack it and
-get both computed on the fly.
+plus `x-coordinate` (X), [`y-coordinate` (Y)] holding cell centres, `t-coordinate` and attributes
+(PDEBench CFD: eta, zeta[, M], no gamma; Burgers: Nu). `t-coordinate` follows PDEBench: T + 1
+entries for T frames, frame k at t[k]; files with exactly T entries (older ttclab) read too.
+ttclab adds a group `ttclab/` with the IC splits and the train-only normalization; genuine
+PDEBench files lack it and get both computed on the fly.
+
+Every h5py access sits behind `_guard`, so a damaged file is a one-line DataError naming the file
+and dataset, never an h5py traceback; values read are checked (finite, no all-zero snapshot,
+positive fields > 0) before anything trains on them.
 """
 
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import h5py
@@ -24,8 +31,36 @@ class DataError(UserError, ValueError):
     """A data file that does not match the problem's layout; the message names the file and fix."""
 
 
+AXES = ("x-coordinate", "y-coordinate", "z-coordinate")
+UNIFORM_RTOL = 1e-3  # float32 centres on (-1, 1) with 1024 cells are uniform to ~6e-5 of dx
+
+
 def _keys(problem: PDEProblem) -> list[str]:
     return ["tensor"] if problem.layout == "tensor" else list(problem.fields)
+
+
+@contextmanager
+def _guard(path: Path, what: str):
+    """h5py raises OSError/RuntimeError/KeyError (from C, many lines) for damaged files: one line."""
+    try:
+        yield
+    except (OSError, RuntimeError, KeyError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DataError(f"{path}: cannot read {what} ({first}); the file is damaged, re-download or regenerate it") from None
+
+
+def cell_grid(path: Path, key: str, centres: np.ndarray) -> tuple[float, float, float]:
+    """Cell centres c_i = lo + (i + 1/2) dx -> (lo, hi, dx); refuses a non-uniform axis, since
+    every integral (sum q dx) and the periodic solver assume one dx."""
+    c = np.asarray(centres, dtype=np.float64).ravel()
+    if c.size < 2:
+        raise DataError(f"{path}: {key!r} has {c.size} entries; need the cell centres of at least 2 cells")
+    dx = (c[-1] - c[0]) / (c.size - 1)
+    worst = float(np.abs(np.diff(c) - dx).max())
+    if not dx > 0 or worst > UNIFORM_RTOL * dx:
+        raise DataError(f"{path}: {key!r} is not a uniform increasing grid (spacing varies by {worst:.3g} around "
+                        f"dx={dx:.6g}); ttclab needs uniform periodic cells, resample the file")
+    return c[0] - dx / 2, c[-1] + dx / 2, dx
 
 
 def write(path: str | Path, problem: PDEProblem, traj: Trajectories, meta: dict[str, np.ndarray]) -> Path:
@@ -83,6 +118,24 @@ class PDEBenchFile:
                     f"{self.path}: dataset {key!r} has shape {ds.shape}; expected (N, T, "
                     f"{', '.join('X Y Z'.split()[: problem.ndim])}) matching {first.shape}"
                 )
+        self.attrs = dict(self._file.attrs)
+        self.grid = [cell_grid(self.path, key, self._coordinate(key, n))
+                     for key, n in zip(AXES, self.spatial_shape)]
+        t = self._coordinate("t-coordinate")
+        if t.size not in (self.n_snapshots, self.n_snapshots + 1):
+            raise DataError(f"{self.path}: 't-coordinate' has {t.size} entries for {self.n_snapshots} frames; "
+                            f"expected {self.n_snapshots + 1} (PDEBench) or {self.n_snapshots}")
+        self.frame_times = t[: self.n_snapshots].astype(np.float64)
+
+    def _coordinate(self, key: str, size: int | None = None) -> np.ndarray:
+        if key not in self._file:
+            raise DataError(f"{self.path}: missing dataset {key!r}; PDEBench files store the cell centres and "
+                            f"frame times there, add them")
+        with _guard(self.path, f"dataset {key!r}"):
+            values = np.asarray(self._file[key][()]).ravel()
+        if size is not None and values.size != size:
+            raise DataError(f"{self.path}: {key!r} has {values.size} entries for {size} cells")
+        return values
 
     @property
     def n_trajectories(self) -> int:
@@ -96,9 +149,21 @@ class PDEBenchFile:
     def spatial_shape(self) -> tuple[int, ...]:
         return tuple(self._datasets[0].shape[2:])
 
+    @property
+    def domain(self) -> list[tuple[float, float]]:
+        """(lo, hi) per axis, from the cell centres."""
+        return [(lo, hi) for lo, hi, _ in self.grid]
+
+    @property
+    def dx(self) -> tuple[float, ...]:
+        return tuple(d for _, _, d in self.grid)
+
     def meta(self, key: str) -> np.ndarray | None:
         group = self._file.get("ttclab")
-        return None if group is None or key not in group else group[key][()]
+        if group is None or key not in group:
+            return None
+        with _guard(self.path, f"dataset 'ttclab/{key}'"):
+            return group[key][()]
 
     def read(self, indices=None, t_stride: int = 1, x_stride: int = 1) -> np.ndarray:
         """-> (n, T', C, *X') float32 for the given trajectory indices, in any order and with repeats.
@@ -107,9 +172,31 @@ class PDEBenchFile:
         if idx.size and (idx.min() < 0 or idx.max() >= self.n_trajectories):
             raise DataError(f"{self.path}: trajectory index out of range 0..{self.n_trajectories - 1}")
         distinct, inverse = np.unique(idx, return_inverse=True)
-        space = (slice(None, None, x_stride),) * self.problem.ndim
-        fields = [ds[distinct, ::t_stride, *space] for ds in self._datasets]
-        return np.stack(fields, axis=2).astype(np.float32, copy=False)[inverse]
+        where = (distinct, slice(None, None, t_stride)) + (slice(None, None, x_stride),) * self.problem.ndim
+        fields = []
+        for key, ds in zip(_keys(self.problem), self._datasets):
+            with _guard(self.path, f"dataset {key!r}"):
+                fields.append(ds[where])
+            self._check_values(key, fields[-1], distinct, t_stride, x_stride)
+        out = np.stack(fields, axis=2).astype(np.float32, copy=False)
+        zero = ~(out != 0).reshape(*out.shape[:2], -1).any(-1)  # (n, T): snapshots zero in every field
+        if zero.any():
+            i, t = np.argwhere(zero)[0]
+            raise DataError(f"{self.path}: trajectory {distinct[i]} frame {t * t_stride} is all zeros in every "
+                            f"dataset (a zeroed block, e.g. an unfinished solve); drop it or regenerate the file")
+        return out[inverse]
+
+    def _check_values(self, key: str, values: np.ndarray, distinct, t_stride: int, x_stride: int) -> None:
+        """Non-finite values, or a non-positive density/pressure, name the first bad file index."""
+        bad = ~np.isfinite(values)
+        what = "NaN/Inf"
+        if not bad.any() and key in self.problem.positive:
+            bad, what = values <= 0, "a non-positive value"
+        if bad.any():
+            i, t, *x = np.argwhere(bad)[0]
+            index = (int(distinct[i]), int(t) * t_stride, *(int(c) * x_stride for c in x))
+            raise DataError(f"{self.path}: dataset {key!r} holds {what} at index {index} (trajectory, frame, cell); "
+                            f"drop that trajectory or regenerate the file")
 
     def close(self):
         self._file.close()

@@ -1,8 +1,13 @@
 """What every PDE problem declares, so later stages read physics from here, never from channel indices.
 
 A state is a tensor (..., C, *X) of the problem's `fields` (PDEBench's primitive variables, in the
-order of its HDF5 keys). Conserved quantities are domain integrals of densities q(x):
+order of its HDF5 keys) on a uniform periodic grid of cell centres over `domain` = (lo, hi) per axis:
+    x_i = lo + (i + 1/2) dx,   dx = (hi - lo) / n_cells.
+Conserved quantities are domain integrals of densities q(x):
     Q = sum_x q(x) * dV,   dV = prod(dx).
+The domain is a problem config key (default (0, 1); PDEBench 1D_CFD uses (-1, 1)), so the extent
+travels with the config into params, keys and checkpoints; a data file's coordinates are checked
+against it (data/datasets.py `check_file`).
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ class PDEProblem:
     positive: tuple[str, ...] = ()  # fields that must stay > 0 (density, pressure)
     boundary: str = "periodic"
     ndim: int = 1
+    # Constants a data file may omit that the project must then set explicitly: key -> hint for the fix.
+    required_physics: dict[str, str] = {}
 
     def __init__(self, cfg):
         self.cfg = cfg
@@ -43,7 +50,8 @@ class PDEProblem:
 
     @property
     def extent(self) -> tuple[float, ...]:
-        return (1.0,) * self.ndim
+        lo, hi = self.cfg.domain
+        return (hi - lo,) * self.ndim
 
     @property
     def dx(self) -> tuple[float, ...]:
@@ -52,6 +60,20 @@ class PDEProblem:
     @property
     def cell_volume(self) -> float:
         return math.prod(self.dx)
+
+    def cell_centres(self, axis: int = 0) -> np.ndarray:
+        """x_i = lo + (i + 1/2) dx along `axis`: what `x-coordinate` stores and figures plot against."""
+        return self.cfg.domain[0] + (np.arange(self.shape[axis]) + 0.5) * self.dx[axis]
+
+    def physics(self) -> dict:
+        """The values a state's meaning depends on (grid, domain, constants): an operator checkpoint
+        and a data file must agree with the project on every one. Subclasses add their constants."""
+        return {"n_cells": self.shape[0], "domain": tuple(self.cfg.domain)}
+
+    def file_physics(self, attrs: dict) -> dict:
+        """The constants of `physics()` that a data file's attributes state (PDEBench's names mapped
+        to ours); {} when the file states none."""
+        return {}
 
     @property
     def n_fields(self) -> int:
@@ -84,18 +106,30 @@ class PDEProblem:
         """Generate n trajectories from random initial conditions (vectorized over trajectories)."""
         raise NotImplementedError
 
-    def project_conserved(self, u: torch.Tensor, target: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Shift u (..., C, *X) so its conserved totals equal `target` (each (...)); problems without
-        a closed-form shift return u unchanged."""
+    def project_conserved(self, u: torch.Tensor, target: dict[str, torch.Tensor],
+                          counts: dict | None = None) -> torch.Tensor:
+        """Correct u (..., C, *X) so its conserved totals equal `target` (each (...)); problems without
+        a closed-form correction return u unchanged. `counts`, if given, accumulates per state
+        "projected" (all), "partial" (only part of the correction was admissible) and "refused"
+        (none was), so a search can log how often the projection really acted."""
         return u
+
+
+def validate_domain(domain) -> None:
+    if len(domain) != 2 or not domain[1] > domain[0]:
+        raise ValueError(f"domain must be [lo, hi] with hi > lo, got {list(domain)}")
 
 
 def coordinates(problem: PDEProblem) -> dict[str, np.ndarray]:
     names = ["x-coordinate", "y-coordinate", "z-coordinate"]
-    return {
-        names[a]: ((np.arange(n) + 0.5) * d).astype(np.float32)
-        for a, (n, d) in enumerate(zip(problem.shape, problem.dx))
-    }
+    return {names[a]: problem.cell_centres(a).astype(np.float32) for a in range(problem.ndim)}
+
+
+def frame_times(t_end: float, n_snapshots: int) -> np.ndarray:
+    """PDEBench's `t-coordinate`: T + 1 entries k * dt for T frames (frame k at t[k]; the last entry
+    is one save interval past the last frame), so files we write read like theirs."""
+    dt = t_end / (n_snapshots - 1)
+    return (np.arange(n_snapshots + 1) * dt).astype(np.float32)
 
 
 def random_smooth(gen: torch.Generator, n: int, shape: tuple[int, ...], k_max: int) -> torch.Tensor:

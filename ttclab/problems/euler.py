@@ -4,6 +4,9 @@ Primitive fields W = (rho, v_1..v_d, p) are what PDEBench stores; the solver adv
 conservative U = (rho, m = rho v, E = p / (gamma - 1) + rho |v|^2 / 2):
     dU/dt + sum_a dF_a(U)/dx_a = 0,   F_a = (rho v_a, m v_a + p e_a, (E + p) v_a).
 Finite volumes: MUSCL reconstruction of W with a TVD limiter, HLL flux, SSP-RK3, CFL time step.
+
+gamma: unset (None) means 1.4 for data we generate; PDEBench's CFD files store no gamma (their
+data uses 5/3), so a project reading one must set problem.gamma explicitly (`required_physics`).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from . import PROBLEMS
-from .base import PDEProblem, Trajectories, coordinates, random_smooth
+from .base import PDEProblem, Trajectories, coordinates, frame_times, random_smooth, validate_domain
 from .fv import flux_divergence, hll, integrate, muscl_faces
 
 
@@ -25,7 +28,7 @@ class EulerConfig:
     n_cells: int = 128  # per axis
     n_snapshots: int = 51  # including t = 0
     t_end: float = 0.4
-    gamma: float = 1.4
+    gamma: float | None = None  # None: DEFAULT_GAMMA for generated data; required for external files
     cfl: float = 0.4
     limiter: str = "minmod"
     k_max: int = 4  # highest wavenumber of the random initial conditions
@@ -34,16 +37,25 @@ class EulerConfig:
     p_base: float = 1.0
     p_amp: float = 0.5
     v_amp: float = 0.5
+    domain: tuple[float, ...] = (0.0, 1.0)  # [lo, hi] of the periodic box, every axis
 
     def validate(self):
         if not (0 <= self.rho_amp < 1 and 0 <= self.p_amp < 1):
             raise ValueError("rho_amp and p_amp must lie in [0, 1) so density and pressure stay positive")
         if self.n_cells < 8 or self.n_snapshots < 2 or self.t_end <= 0 or not 0 < self.cfl <= 1:
             raise ValueError("need n_cells >= 8, n_snapshots >= 2, t_end > 0 and 0 < cfl <= 1")
+        if self.gamma is not None and not self.gamma > 1:
+            raise ValueError(f"gamma must be > 1 (ideal gas), got {self.gamma}")
+        validate_domain(self.domain)
+
+
+DEFAULT_GAMMA = 1.4
+BISECTIONS = 20  # admissible-fraction search of the projection: theta to 1e-6
 
 
 class Euler(PDEProblem):
     positive = ("density", "pressure")
+    required_physics = {"gamma": "1.6667 (PDEBench's CFD data uses 5/3)"}
 
     @property
     def shape(self):
@@ -51,7 +63,13 @@ class Euler(PDEProblem):
 
     @property
     def gamma(self) -> float:
-        return self.cfg.gamma
+        return DEFAULT_GAMMA if self.cfg.gamma is None else self.cfg.gamma
+
+    def physics(self):
+        return {**super().physics(), "gamma": self.gamma}
+
+    def file_physics(self, attrs):
+        return {"gamma": float(attrs["gamma"])} if "gamma" in attrs else {}
 
     def to_conservative(self, w: torch.Tensor) -> torch.Tensor:
         """W (..., C, *X) -> U with channels (rho, m_1..m_d, E)."""
@@ -77,24 +95,47 @@ class Euler(PDEProblem):
         out["energy"] = u.select(c, 1 + self.ndim)
         return out
 
-    def project_conserved(self, w, target):
-        """Add a constant to rho, m and E so the totals match `target`, then convert back. A uniform
-        shift is the least-squares (L2) correction of each conserved field; density and energy shifts
-        are clamped so density and pressure stay positive."""
+    def project_conserved(self, w, target, counts=None):
+        """Shift the conservative U = (rho, m, E) by a constant s_k per channel, the L2-closest
+        correction with the target totals: s_k = (Q*_k - Q_k) / |Omega|. Then convert back.
+
+        Positivity: A = {rho > rho_floor, p > p_floor} is convex in U (p > c <=> E > |m|^2 / (2 rho)
+        + c / (gamma - 1), the epigraph of a function jointly convex for rho > 0), so the admissible
+        fractions theta of the shift, U + theta s in A, form an interval [0, theta_max). The floors
+        are half the candidate's own minima (a correction may at most halve its smallest density or
+        pressure). theta = 1 when the full shift is admissible; else the largest admissible theta
+        by bisection (a partial projection: totals move toward the target); theta = 0 (refused:
+        the state is returned unchanged) when the candidate itself is not positive."""
+        nd, c = self.ndim, -self.ndim - 1
         u = self.to_conservative(w)
-        c = -self.ndim - 1
         now = self.conserved(w)
         volume = self.cell_volume * float(np.prod(self.shape))
-        keys = list(self.densities(w))  # channel order of U
-        shifts = [(target[k] - now[k]) / volume for k in keys]
-        lead = u.shape[: u.ndim - self.ndim - 1]
-        shift = torch.stack(shifts, dim=-1).view(*lead, -1, *[1] * self.ndim)
-        projected = self.to_primitive(u + shift)
-        ok = (projected.select(c, 0) > 0).flatten(-self.ndim).all(-1) & (
-            projected.select(c, self.n_fields - 1) > 0
-        ).flatten(-self.ndim).all(-1)
-        ok = ok.view(*lead, 1, *[1] * self.ndim)
-        return torch.where(ok, projected, w)
+        lead = u.shape[: u.ndim - nd - 1]
+        shift = torch.stack([(target[k] - now[k]) / volume for k in self.densities(w)], dim=-1)
+        shift = shift.view(*lead, -1, *[1] * nd)
+        floors = [0.5 * w.select(c, i).flatten(-nd).amin(-1).clamp_min(0) for i in (0, self.n_fields - 1)]
+
+        def admissible(theta):  # (lead) -> (lead) bool: U + theta s keeps rho and p above the floors
+            v = self.to_primitive(u + theta.view(*lead, 1, *[1] * nd) * shift)
+            ok = [(v.select(c, i).flatten(-nd) > f.unsqueeze(-1)).all(-1) for i, f in zip((0, self.n_fields - 1), floors)]
+            return ok[0] & ok[1]
+
+        one = u.new_ones(lead)
+        theta = torch.where(admissible(one), one, torch.zeros_like(one))
+        todo = (theta < 1) & admissible(torch.zeros_like(one))
+        if todo.any():
+            lo, hi = torch.zeros_like(one), one.clone()
+            for _ in range(BISECTIONS):
+                mid = 0.5 * (lo + hi)
+                ok = admissible(mid)
+                lo, hi = torch.where(ok, mid, lo), torch.where(ok, hi, mid)
+            theta = torch.where(todo, lo, theta)
+        if counts is not None:
+            for key, n in (("projected", theta.numel()), ("partial", ((theta > 0) & (theta < 1)).sum()),
+                           ("refused", (theta == 0).sum())):
+                counts[key] = counts.get(key, 0) + int(n)
+        projected = self.to_primitive(u + theta.view(*lead, 1, *[1] * nd) * shift)
+        return torch.where((theta > 0).view(*lead, 1, *[1] * nd), projected, w)
 
     def _flux(self, w: torch.Tensor, axis: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Physical flux F_a(U) and conservative U from primitive face states (B, C, *X)."""
@@ -146,7 +187,7 @@ class Euler(PDEProblem):
         if not bool((w[:, :, 0] > 0).all() and (w[:, :, -1] > 0).all()):
             raise RuntimeError(f"{self.name}: density or pressure went negative; lower cfl or the IC amplitudes")
         coords = coordinates(self)
-        coords["t-coordinate"] = times.numpy().astype(np.float32)
+        coords["t-coordinate"] = frame_times(self.cfg.t_end, self.cfg.n_snapshots)
         attrs = {"gamma": self.gamma, "dt": self.cfg.t_end / (self.cfg.n_snapshots - 1), "seed": seed,
                  "dx": self.dx[0], "solver": f"MUSCL-{self.cfg.limiter} + HLL + SSP-RK3, CFL {self.cfg.cfl}",
                  "boundary": self.boundary}
