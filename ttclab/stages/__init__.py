@@ -1,16 +1,21 @@
 """Pipeline stages: one function per stage, each `fn(cfg, ctx, run) -> outputs`, run as one MLflow run.
 
-A stage declares the config sections that determine its output (`key`). A downstream stage asks
-`ctx.upstream(name, cfg)` for its input: the newest finished run with the same project and key is
-reused, and when there is none the upstream stage runs first as its own run (get-or-run), so any
-entry point works on a fresh clone.
+A stage declares, once, in `@stage(name, key=..., inputs=...)`, the config sections it reads
+itself (`key`) and the upstream results it reads (`inputs`, each an `Input` naming its source stage
+and artifact). The graph follows from that: a stage's `needs` are its inputs' sources, and its run
+key covers its own sections and those of every stage upstream. A stage reads an input only through
+`ctx.input(name, cfg)`: the explicit `--input name=URI` if given, else the artifact of the newest
+finished source run with the same project and key, the source stage running first when there is
+none (get-or-run), so any entry point works on a fresh clone. The CLI's `--input` check, the
+sweep's shared-upstream precomputation and `compare` read the same declaration.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
-from typing import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
 
 import torch
 
@@ -19,20 +24,82 @@ from ..registry import Registry
 STAGES: Registry = Registry("stage")
 
 
+def _always(cfg) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class Input:
+    """An upstream result a stage reads, overridable by `--input NAME=URI`. By default it is the
+    artifact `path` ("{problem}" = problem.type) of the newest finished run of stage `source` whose
+    key matches, run first when there is none; `source=None` marks an input that exists only when
+    given (a checkpoint to resume from). `needed(cfg)` says whether a config reads it at all."""
+
+    name: str
+    source: str | None = None
+    path: str = ""
+    needed: Callable[[Any], bool] = _always
+
+    def when(self, needed: Callable[[Any], bool]) -> Input:
+        """The same input, read only by configs for which `needed(cfg)` holds."""
+        return replace(self, needed=needed)
+
+    def artifact(self, cfg) -> str:
+        return self.path.format(problem=cfg.problem.type)
+
+
 @dataclass
 class Stage:
     name: str
     fn: Callable
-    key: tuple[str, ...]  # config sections whose values determine the output
+    own: tuple[str, ...]  # config sections the stage itself reads
+    inputs: tuple[Input, ...] = ()
     help: str = ""
 
+    @property
+    def key(self) -> tuple[str, ...]:
+        """Config sections that determine the output: its own and, through every input it may
+        read, those of each upstream stage (so a ttc run's key covers the PRM's sections)."""
+        sections = dict.fromkeys(self.own)
+        for inp in self.inputs:
+            if inp.source is not None:
+                sections.update(dict.fromkeys(STAGES.get(inp.source).key))
+        return tuple(sections)
 
-def stage(name: str, key: tuple[str, ...], help: str = ""):
+    def needed(self, cfg) -> tuple[Input, ...]:
+        return tuple(inp for inp in self.inputs if inp.needed(cfg))
+
+    def needs(self, cfg) -> tuple[str, ...]:
+        """Upstream stages a run on cfg gets (or runs) when no input is given explicitly."""
+        return tuple(dict.fromkeys(inp.source for inp in self.needed(cfg) if inp.source is not None))
+
+    def input(self, name: str, cfg) -> Input:
+        """The declared input `name`; reading one the declaration leaves out is a bug in the stage."""
+        for inp in self.inputs:
+            if inp.name == name:
+                if not inp.needed(cfg):
+                    raise LookupError(f"stage {self.name!r} reads input {name!r}, which its declaration "
+                                      "says this config does not need; fix its `when` in @stage(inputs=...)")
+                return inp
+        raise LookupError(f"stage {self.name!r} reads input {name!r} but declares only "
+                          f"{input_names(self.name)}; add it to @stage(inputs=...)")
+
+
+def stage(name: str, key: tuple[str, ...], inputs: tuple[Input, ...] = (), help: str = ""):
+    """Register `fn(cfg, ctx, run)` as stage `name` reading the config sections `key` and `inputs`."""
+    if len({inp.name for inp in inputs}) < len(inputs):
+        raise ValueError(f"stage {name!r} declares an input name twice")
+
     def deco(fn):
-        STAGES.register(name)(Stage(name, fn, key, help or (fn.__doc__ or "").strip().splitlines()[0]))
+        STAGES.register(name)(Stage(name, fn, key, inputs, help or (fn.__doc__ or "").strip().splitlines()[0]))
         return fn
 
     return deco
+
+
+def input_names(stage: str) -> tuple[str, ...]:
+    """The `--input` names stage `stage` accepts."""
+    return tuple(inp.name for inp in STAGES.get(stage).inputs)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -48,9 +115,10 @@ class Context:
     tracker: object
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     progress: bool = True
-    inputs: dict[str, str] = field(default_factory=dict)  # explicit upstream URIs by stage name
+    inputs: dict[str, str] = field(default_factory=dict)  # explicit URIs by input name (--input)
     parent: str | None = None  # parent run id (sweeps)
     extra_tags: dict[str, str] = field(default_factory=dict)
+    stage: str | None = None  # the stage running in this context, whose declared inputs it reads
 
     def run(self, name: str, cfg, tags: dict | None = None) -> tuple[str, dict]:
         """Execute stage `name` on `cfg` as a new MLflow run -> (run id, outputs)."""
@@ -58,8 +126,18 @@ class Context:
         run_tags = {"ttclab.key": cfg.key(*st.key), **self.extra_tags, **(tags or {})}
         params = {**cfg.flat(), "runtime.device": str(self.device)}
         with self.tracker.start(cfg.name, name, params=params, tags=run_tags, parent=self.parent) as run:
-            outputs = st.fn(cfg, self, run) or {}
+            outputs = st.fn(cfg, replace(self, stage=name), run) or {}
             return run.id, outputs
+
+    def input(self, name: str, cfg) -> Path | None:
+        """Path of the running stage's input `name`: `--input name=URI` if given, else the declared
+        artifact of the matching source run (get-or-run); None for an optional input not given."""
+        inp = STAGES.get(self.stage).input(name, cfg)
+        if name in self.inputs:
+            return self.tracker.resolve(self.inputs[name])
+        if inp.source is None:
+            return None
+        return self.tracker.artifact_dir(self.upstream(inp.source, cfg)) / inp.artifact(cfg)
 
     def upstream(self, name: str, cfg) -> str:
         """Run id of a finished `name` run matching cfg; runs it first if none exists."""

@@ -1,11 +1,23 @@
-"""Inputs shared by several stages: the data file and the operator checkpoint of a config."""
+"""The inputs stages pass to one another: each `Input` names its `--input` name, the stage whose run
+holds it and the artifact path there; stages list them in `@stage(inputs=...)`."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from . import Input
+
 DATA_ARTIFACT = "data"
 OPERATOR_ARTIFACT = "model/operator.pt"
+PRM_ARTIFACT = "model/prm.pt"
+TRIPLETS_ARTIFACT = "prm/triplets.h5"
+
+# An explicit data.path replaces the generated data set, so only configs without one read it.
+DATA = Input("data", "generate", DATA_ARTIFACT + "/{problem}.h5").when(lambda cfg: not cfg.data.path)
+OPERATOR = Input("operator", "train", OPERATOR_ARTIFACT)
+TRIPLETS = Input("triplets", "build_prm", TRIPLETS_ARTIFACT)
+PRM = Input("prm", "train_prm", PRM_ARTIFACT)
+RESUME = Input("resume")  # a checkpoint to continue training from; only when given
 
 
 def data_path(cfg, ctx) -> Path:
@@ -13,14 +25,8 @@ def data_path(cfg, ctx) -> Path:
     newest matching `generate` run."""
     if cfg.data.path:
         return Path(cfg.data.path).expanduser()
-    if "data" in ctx.inputs:
-        return ctx.tracker.resolve(ctx.inputs["data"])
-    run_id = ctx.upstream("generate", cfg)
-    return ctx.tracker.artifact_dir(run_id) / DATA_ARTIFACT / f"{cfg.problem.type}.h5"
+    return ctx.input("data", cfg)
 
 
 def operator_path(cfg, ctx) -> Path:
-    if "operator" in ctx.inputs:
-        return ctx.tracker.resolve(ctx.inputs["operator"])
-    run_id = ctx.upstream("train", cfg)
-    return ctx.tracker.artifact_dir(run_id) / OPERATOR_ARTIFACT
+    return ctx.input("operator", cfg)

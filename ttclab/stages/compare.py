@@ -53,7 +53,7 @@ def markdown(header: list[str], body: list[list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-@stage("compare", key=("problem", "data", "model", "train", "seed", "sampling", "ttc"))
+@stage("compare", key=("problem", "data", "model", "train", "seed", "sampling", "triplets", "prm", "ttc", "arm"))
 def compare(cfg, ctx, run):
     """Side-by-side table of the latest ttc runs per selector (printed and logged as artifacts)."""
     rows = collect(ctx.tracker, cfg)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from . import Context, stage
+from . import STAGES, stage
+from .common import DATA, OPERATOR, PRM
 
 SELECTORS = ("baseline", "random", "ensemble", "arm", "prm", "oracle")
 PROJECTED = ("baseline", "arm", "prm")
@@ -19,12 +20,13 @@ def variant(cfg, reward: str, project: bool):
     return dataclasses.replace(cfg, ttc=dataclasses.replace(cfg.ttc, reward=reward, project_conservation=project))
 
 
-@stage("demo", key=("problem", "data", "model", "train", "seed", "sampling", "ttc", "arm"))
+@stage("demo", key=("sampling", "ttc", "arm"), inputs=(DATA, OPERATOR, PRM))
 def demo(cfg, ctx, run):
     """Whole pipeline: data, operator, PRM, every TTC selector with controls, comparison table."""
-    for upstream in ("train", "train_prm"):
-        ctx.upstream(upstream, cfg)
-    child = Context(ctx.tracker, ctx.device, ctx.progress, ctx.inputs, parent=run.id)
+    # Upstream results first, as top-level runs; the ttc runs then find them (or use the --input ones).
+    for inp in STAGES.get("demo").needed(cfg):
+        ctx.input(inp.name, cfg)
+    child = dataclasses.replace(ctx, parent=run.id)
     rows = [(r, False) for r in SELECTORS] + [(r, True) for r in PROJECTED]
     for reward, project in rows:
         child.run("ttc", variant(cfg, reward, project))

@@ -32,10 +32,7 @@ from ..training.triplet import gather_candidates, draw_sets, rank_triplet, score
 from ..training.triplet import train as train_loop
 from ..ttc.rollout import rollout
 from . import stage
-from .common import data_path, operator_path
-
-TRIPLETS_ARTIFACT = "prm/triplets.h5"
-PRM_ARTIFACT = "model/prm.pt"
+from .common import DATA, OPERATOR, PRM_ARTIFACT, TRIPLETS, TRIPLETS_ARTIFACT, data_path, operator_path
 
 
 def diversity(mse: torch.Tensor, det_mse: torch.Tensor, ns: tuple[int, ...]) -> dict[str, float]:
@@ -59,7 +56,7 @@ def diversity(mse: torch.Tensor, det_mse: torch.Tensor, ns: tuple[int, ...]) -> 
     return out
 
 
-@stage("build_prm", key=("problem", "data", "model", "train", "seed", "sampling", "triplets"))
+@stage("build_prm", key=("sampling", "triplets"), inputs=(DATA, OPERATOR))
 def build_prm(cfg, ctx, run):
     """Rank K stochastic candidates per state on a fraction of the train ICs; log prm/triplets.h5."""
     tc = cfg.triplets
@@ -124,9 +121,7 @@ def build_prm(cfg, ctx, run):
 
 
 def triplets_path(cfg, ctx) -> Path:
-    if "triplets" in ctx.inputs:
-        return ctx.tracker.resolve(ctx.inputs["triplets"])
-    return ctx.tracker.artifact_dir(ctx.upstream("build_prm", cfg)) / TRIPLETS_ARTIFACT
+    return ctx.input("triplets", cfg)
 
 
 def held_out_report(model, val: dict, set_size: int, seed: int, device) -> tuple[dict, dict]:
@@ -152,7 +147,7 @@ def held_out_report(model, val: dict, set_size: int, seed: int, device) -> tuple
     return out, calibration(scores, mse)
 
 
-@stage("train_prm", key=("problem", "data", "model", "train", "seed", "sampling", "triplets", "prm"))
+@stage("train_prm", key=("prm",), inputs=(TRIPLETS, OPERATOR.when(lambda cfg: cfg.prm.anchor == "operator")))
 def train_prm(cfg, ctx, run):
     """Train the PRM on ranked candidates; log held-out ranking metrics and model/prm.pt."""
     from ..tracking.prm_figures import reliability_html

@@ -15,7 +15,7 @@ from ..models import checkpoint
 from ..training.loop import train as train_loop
 from ..ttc.rollout import rollout
 from . import stage
-from .common import OPERATOR_ARTIFACT, data_path
+from .common import DATA, OPERATOR_ARTIFACT, RESUME, data_path
 
 
 @torch.no_grad()
@@ -33,7 +33,7 @@ def rollout_report(model, data: SplitData, split: str, device) -> dict[str, floa
     return out
 
 
-@stage("train", key=("problem", "data", "model", "train", "seed"))
+@stage("train", key=("model", "train", "seed"), inputs=(DATA, RESUME))
 def train(cfg, ctx, run):
     """Train the operator; log losses, rollout errors and the checkpoint (model/operator.pt)."""
     problem = make_problem(cfg.problem)
@@ -42,7 +42,8 @@ def train(cfg, ctx, run):
     model = make_model(cfg.model, n_fields=problem.n_fields, ndim=problem.ndim)
     n_params = sum(p.numel() * (2 if p.is_complex() else 1) for p in model.parameters())
     run.log({"model/n_params": n_params})
-    resume = checkpoint.read(ctx.tracker.resolve(ctx.inputs["resume"])) if "resume" in ctx.inputs else None
+    resume_path = ctx.input("resume", cfg)
+    resume = checkpoint.read(resume_path) if resume_path else None
     save_kw = dict(problem_cfg=cfg.to_dict()["problem"], model_cfg=cfg.to_dict()["model"], normalizer=data.normalizer)
     with tempfile.TemporaryDirectory(prefix="ttclab-train-") as tmp:
         return _fit(cfg, ctx, run, data, model, resume, save_kw, Path(tmp))

@@ -21,11 +21,12 @@ from ..problems import make_problem
 from ..problems.control import SPLITS, ControlProblem
 from ..tracking.trc_figures import refinement_figure, trajectory_figure
 from ..training.trc import fit, iterate_costs, predict, save_controller, with_teacher_cost
-from . import stage
+from . import Input, stage
 
 DATA_FORMAT = "ttclab.control-data/1"
 CHECKPOINT = "model/trc.pt"
 N_EXAMPLES = 6  # problems drawn in the figures
+TRC_DATA = Input("data", "trc_data", "data/{problem}.pt")
 
 
 def control_problem(cfg) -> ControlProblem:
@@ -34,12 +35,6 @@ def control_problem(cfg) -> ControlProblem:
         raise ValueError(f"problem.type {cfg.problem.type!r} is not a control problem; "
                          "use double_integrator or vanderpol")
     return problem
-
-
-def data_file(cfg, ctx) -> Path:
-    if ctx.inputs.get("data"):
-        return ctx.tracker.resolve(ctx.inputs["data"])
-    return ctx.tracker.artifact_dir(ctx.upstream("trc_data", cfg)) / "data" / f"{cfg.problem.type}.pt"
 
 
 def load_data(path: Path, cfg) -> dict:
@@ -75,13 +70,13 @@ def trc_data(cfg, ctx, run):
     return {"path": run.artifact_dir() / "data" / f"{problem.name}.pt"}
 
 
-@stage("trc", key=("problem", "model", "trc", "seed"))
+@stage("trc", key=("model", "trc", "seed"), inputs=(TRC_DATA,))
 def trc(cfg, ctx, run):
     """Train the tiny recursive controller (BC, or process supervision when trc.process_weight > 0)."""
     problem = control_problem(cfg)
     if cfg.model.type != "trc":
         raise ValueError(f"model.type {cfg.model.type!r}: the trc stage trains model.type trc")
-    blob = load_data(data_file(cfg, ctx), cfg)
+    blob = load_data(ctx.input("data", cfg), cfg)
     data = with_teacher_cost(problem, {s: blob[s] for s in SPLITS})
     torch.manual_seed(cfg.seed)
     model = make_model(cfg.model, **problem.dims)

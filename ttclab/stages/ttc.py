@@ -24,18 +24,15 @@ from ..rewards import make_reward
 from ..tracking import figures
 from ..models.checkpoint import load_operator
 from ..ttc.search import search
-from . import stage
-from .common import data_path, operator_path
+from . import STAGES, stage
+from .common import DATA, OPERATOR, PRM, data_path, operator_path
 
-PRM_ARTIFACT = "model/prm.pt"
 CONTROLS = ("random", "ensemble", "oracle")
 _REFERENCES: dict = {}
 
 
 def prm_path(cfg, ctx):
-    if "prm" in ctx.inputs:
-        return ctx.tracker.resolve(ctx.inputs["prm"])
-    return ctx.tracker.artifact_dir(ctx.upstream("train_prm", cfg)) / PRM_ARTIFACT
+    return ctx.input("prm", cfg)
 
 
 def _reward(name, cfg, ctx, problem, seed):
@@ -46,9 +43,10 @@ def _reward(name, cfg, ctx, problem, seed):
 
 def comparison_key(cfg) -> str:
     """Runs that share this key differ only in the selector and the projection flag, so they
-    belong in one comparison table (same data, operator, sampler, N, K, split, ICs)."""
+    belong in one comparison table (same data, operator, PRM, sampler, N, K, split, ICs): every
+    section of the ttc stage's key, its upstream ones included, with the ttc section less those two."""
     ttc = {k: v for k, v in cfg.to_dict()["ttc"].items() if k not in ("reward", "project_conservation")}
-    blob = json.dumps([cfg.key("problem", "data", "model", "train", "seed", "sampling"), ttc], sort_keys=True)
+    blob = json.dumps([cfg.key(*(s for s in STAGES.get("ttc").key if s != "ttc")), ttc], sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
@@ -57,7 +55,8 @@ def _evaluate(problem, truth, traj):
             "drift": conservation_drift(problem, traj)}
 
 
-@stage("ttc", key=("problem", "data", "model", "train", "seed", "sampling", "ttc", "arm"))
+@stage("ttc", key=("sampling", "ttc", "arm"),
+       inputs=(DATA, OPERATOR, PRM.when(lambda cfg: cfg.ttc.reward == "prm")))
 def ttc(cfg, ctx, run):
     """Run one TTC selector (ttc.reward) with its controls on held-out ICs; log metrics and figures."""
     t = cfg.ttc

@@ -22,31 +22,26 @@ from .spec import SweepSpec, load_spec
 from .study import StaleTrialHandler, open_storage, open_study, recover_stale, storage_label, used
 from .worker import FINISHED, WorkerJob, job_json, progress_line, work
 
-# The get-or-run inputs each stage asks for (ttclab/stages). Those that no swept key changes are
-# computed once here, before any worker starts, so parallel trials share one data set, operator and
-# PRM instead of each worker training its own.
-INPUTS = {"train": ("generate",), "build_prm": ("train",), "train_prm": ("build_prm",), "ttc": ("train",)}
-
-
-def shared_inputs(spec: SweepSpec, cfg) -> list[str]:
-    needs = list(INPUTS.get(spec.stage, ()))
-    if spec.stage == "ttc":
-        swept = spec.space.get("ttc.reward")
-        rewards = {cfg.ttc.reward, *(swept.choices or () if swept else ())}
-        if "prm" in rewards:
-            needs.append("train_prm")
+def shared_upstream(spec: SweepSpec, cfg) -> list[str]:
+    """The upstream stages of spec.stage (from the stage declarations) that no swept key changes, in
+    run order: computed once before any worker starts, so parallel trials share one data set,
+    operator, PRM or teacher solve instead of each worker making its own. A stage's inputs can
+    depend on the config (ttc reads a PRM only when ttc.reward is prm), so the base config and each
+    choice of every categorical swept key are asked."""
+    variants = [cfg] + [spec.config({key: choice}) for key, param in spec.space.items()
+                        if param.type == "categorical" for choice in param.choices]
     order: list[str] = []
 
-    def visit(name: str) -> None:
-        for up in INPUTS.get(name, ()):
-            visit(up)
-        if name not in order:
-            order.append(name)
+    def visit(name: str, variant) -> None:
+        for up in STAGES.get(name).needs(variant):
+            visit(up, variant)
+            if up not in order:
+                order.append(up)
 
-    for name in needs:
-        visit(name)
+    for variant in variants:
+        visit(spec.stage, variant)
     swept = {key.split(".")[0] for key in spec.space}
-    return [n for n in order if n in STAGES and not swept & set(STAGES.get(n).key)]
+    return [name for name in order if not swept & set(STAGES.get(name).key)]
 
 
 def run_sweep(spec_path: str | Path, *, workers: int = 1, n_trials: int | None = None, storage: str | None = None,
@@ -81,7 +76,7 @@ def run_sweep(spec_path: str | Path, *, workers: int = 1, n_trials: int | None =
             parent.text(Path(spec.source).read_text(), "sweep.yaml")
         ctx = Context(tracker, resolve_device(device), progress=not quiet, parent=parent.id,
                       extra_tags={"ttclab.sweep": spec.name})
-        for name in shared_inputs(spec, base):
+        for name in shared_upstream(spec, base):
             ctx.upstream(name, base)
         job = WorkerJob(str(spec.source), storage, tracker.uri, parent.id, total, device)
         if workers == 1:
