@@ -64,11 +64,11 @@ def main():
                 x = candidates(model, x, n, cfg.sampling, g)[:, 0]
 
     def ttc():
-        search(model, norm, problem, truth, "arm", reward, branching=n, sampling_cfg=cfg.sampling,
+        search(model, norm, problem, truth, reward, branching=n, sampling_cfg=cfg.sampling,
                generator=torch.Generator().manual_seed(0))
 
     def baseline():
-        search(model, norm, problem, truth, "baseline")
+        search(model, norm, problem, truth, make_reward("baseline"))
 
     t_raw, t_ttc, t_base = best_of_interleaved([raw, ttc, baseline], args.repeats)
     cand_steps = b * n * args.steps

@@ -9,7 +9,7 @@ from ttclab.data.datasets import Normalizer, SplitData
 from ttclab.metrics.ttc import best_pick_rate, headroom_captured, sample_gain, summarize_gain
 from ttclab.models import make_model
 from ttclab.problems import make_problem
-from ttclab.rewards import make_reward
+from ttclab.rewards import Reward, make_reward
 from ttclab.rewards.arm import ARMConfig, arm_terms
 from ttclab.sampling import SamplingConfig, candidates
 from ttclab.ttc.search import search
@@ -31,14 +31,24 @@ def gen(seed=0):
     return torch.Generator().manual_seed(seed)
 
 
+class Fn(Reward):
+    """A test reward from a plain function of (candidates, prev)."""
+
+    def __init__(self, fn, tolerance=0.0):
+        self.fn, self.tolerance = fn, tolerance
+
+    def score(self, candidates, prev, truth=None):
+        return self.fn(candidates, prev)
+
+
 def test_greedy_with_one_noiseless_candidate_is_the_baseline(setup):
     cfg, problem, data, model = setup
     truth = data["test"]
-    base = search(model, data.normalizer, problem, truth, "baseline")
+    base = search(model, data.normalizer, problem, truth, make_reward("baseline"))
     quiet = SamplingConfig(latent_sigma=0.0)
     for name in ("arm", "oracle", "random"):
         reward = make_reward(name, problem=problem, arm=ARMConfig(), generator=gen(1))
-        greedy = search(model, data.normalizer, problem, truth, name, reward, branching=1,
+        greedy = search(model, data.normalizer, problem, truth, reward, branching=1,
                         sampling_cfg=quiet, generator=gen())
         assert torch.equal(greedy.trajectory, base.trajectory), name
 
@@ -47,7 +57,7 @@ def test_beam_of_width_one_equals_a_hand_written_greedy_loop(setup):
     cfg, problem, data, model = setup
     truth, norm = data["test"], data.normalizer
     reward = make_reward("arm", problem=problem, arm=ARMConfig())
-    beam = search(model, norm, problem, truth, "arm", reward, branching=4, beam=1,
+    beam = search(model, norm, problem, truth, reward, branching=4, beam=1,
                   sampling_cfg=cfg.sampling, generator=gen())
     g, x, states = gen(), norm.encode(truth[:, 0], 1), [truth[:, 0]]
     for _ in range(truth.shape[1] - 1):
@@ -64,14 +74,14 @@ def test_oracle_pick_is_the_best_candidate_and_beats_random(setup):
     one_step = truth[:, :2]
     g = gen()
     cands = data.normalizer.decode(candidates(model, data.normalizer.encode(one_step[:, 0], 1), 6, cfg.sampling, g), 1)
-    out = search(model, data.normalizer, problem, one_step, "oracle", make_reward("oracle"), branching=6,
+    out = search(model, data.normalizer, problem, one_step, make_reward("oracle"), branching=6,
                  sampling_cfg=cfg.sampling, generator=gen())
     picked = ((out.trajectory[:, 1] - one_step[:, 1]) ** 2).flatten(1).mean(1)
     every = ((cands - one_step[:, 1:2]) ** 2).flatten(2).mean(2)
     assert torch.allclose(picked, every.min(dim=1).values)
     final = {}
     for name in ("oracle", "random"):
-        o = search(model, data.normalizer, problem, truth, name, make_reward(name, generator=gen(1)),
+        o = search(model, data.normalizer, problem, truth, make_reward(name, generator=gen(1)),
                    branching=6, sampling_cfg=cfg.sampling, generator=gen())
         final[name] = float(((o.trajectory[:, -1] - truth[:, -1]) ** 2).mean())
     assert final["oracle"] <= final["random"]
@@ -80,7 +90,7 @@ def test_oracle_pick_is_the_best_candidate_and_beats_random(setup):
 def test_same_seed_same_rollout_other_seed_differs(setup):
     cfg, problem, data, model = setup
     reward = make_reward("arm", problem=problem, arm=ARMConfig())
-    run = lambda s: search(model, data.normalizer, problem, data["test"], "arm", reward, branching=3,  # noqa: E731
+    run = lambda s: search(model, data.normalizer, problem, data["test"], reward, branching=3,  # noqa: E731
                            sampling_cfg=cfg.sampling, generator=gen(s)).trajectory
     assert torch.equal(run(0), run(0))
     assert not torch.equal(run(0), run(1))
@@ -108,15 +118,16 @@ def test_nan_candidates_are_never_selected_and_all_nan_falls_back(setup):
     cfg, problem, data, _ = setup
     truth = data["test"][:, :3]
 
-    def loves_nan(cands, prev, truth=None):  # would pick candidate 0 if the guardrail let it
+    def loves_nan_fn(cands, prev):  # would pick candidate 0 if the guardrail let it
         s = torch.zeros(cands.shape[:2])
         s[:, 0] = 100.0
         return s + torch.rand(cands.shape[:2]) * 1e-3
 
-    out = search(NaNFirst(), data.normalizer, problem, truth, "arm", loves_nan, branching=4,
+    loves_nan = Fn(loves_nan_fn)
+    out = search(NaNFirst(), data.normalizer, problem, truth, loves_nan, branching=4,
                  sampling_cfg=cfg.sampling, generator=gen())
     assert torch.isfinite(out.trajectory).all() and out.fallbacks == 0
-    out = search(NaNFirst(all_nan=True), data.normalizer, problem, truth, "arm", loves_nan, branching=4,
+    out = search(NaNFirst(all_nan=True), data.normalizer, problem, truth, loves_nan, branching=4,
                  sampling_cfg=cfg.sampling, generator=gen())
     assert out.fallbacks == truth.shape[0] * 2  # every IC at both steps
     x = data.normalizer.encode(truth[:, 0], 1)
@@ -169,10 +180,18 @@ def test_sample_gain_and_summaries_against_hand_computed_values():
     assert best_pick_rate(scores, errors) == 0.5
 
 
+def value(state) -> int:
+    return int(round(float(state.mean())))
+
+
 class Offsets:
-    """A fake operator on constant states: candidate j of state v is v + 1 + j (deterministic: v + 1)."""
+    """A fake operator on constant states: candidate j of state v is v + 1 + j (deterministic: v + 1);
+    every candidate of a state whose value is in `nan_from` is NaN."""
 
     cfg = SamplingConfig()
+
+    def __init__(self, nan_from=()):
+        self.nan_from = set(nan_from)
 
     def eval(self):
         return self
@@ -181,7 +200,9 @@ class Offsets:
         return u + 1
 
     def sample_next(self, u, n, noise=None, generator=None):
-        return torch.stack([u + 1 + j for j in range(n)], dim=1)
+        c = torch.stack([u + 1 + j for j in range(n)], dim=1)
+        c[[value(s) in self.nan_from for s in u]] = torch.nan
+        return c
 
 
 def test_beam_finds_the_delayed_reward_that_greedy_misses(setup):
@@ -192,13 +213,55 @@ def test_beam_finds_the_delayed_reward_that_greedy_misses(setup):
     norm = Normalizer(torch.zeros(3), torch.ones(3))
     table = {1: 1.0, 2: 0.0, 3: 0.1, 4: 5.0}
 
-    def f(cands, prev, truth=None):
-        return torch.tensor([[table[int(round(float(c.mean())))] for c in row] for row in cands])
+    f = Fn(lambda cands, prev: torch.tensor([[table[value(c)] for c in row] for row in cands]))
 
     path = {}
     for k in (1, 2):
-        out = search(Offsets(), norm, problem, truth, "arm", f, branching=2, beam=k,
+        out = search(Offsets(), norm, problem, truth, f, branching=2, beam=k,
                      sampling_cfg=SamplingConfig(), generator=gen())
-        path[k] = [int(round(float(s.mean()))) for s in out.trajectory[0]]
+        path[k] = [value(s) for s in out.trajectory[0]]
     assert path[1] == [0, 1, 3]
     assert path[2] == [0, 2, 4]
+
+
+def pair_reward(table, tolerance=0.0):
+    """Scores by (state value, candidate value) from `table`; NaN candidates get a finite score
+    that would win if the guard let it through."""
+    return Fn(lambda cands, prev: torch.tensor([[table.get((value(p), value(c)), 50.0) for c in row]
+                                                for p, row in zip(prev, cands)]), tolerance)
+
+
+def constant_ics(*values, steps=2):
+    return torch.tensor(values, dtype=torch.float32).view(-1, 1, 1, 1).expand(-1, steps + 1, 3, 8).clone()
+
+
+# IC 0 from 0: kept {1, 2}; from 1 the candidates 2, 3 tie at -10 (fallback to the deterministic 2),
+# from 2 they score -1 and -1.5. True path scores: 0-1-2 is -11, 0-2-3 is -2.1. IC 1 from 10: kept
+# {11, 12}; 11's candidates are NaN (fallback to 12, neutral = the mean -3 of 12's valid scores), so
+# 10-11-12 is -4 while 10-12-13 is -2.1. A fallback scored 0 kept the -11 and -4 paths.
+TABLE = {(0, 1): -1.0, (0, 2): -1.1, (1, 2): -10.0, (1, 3): -10.0, (2, 3): -1.0, (2, 4): -1.5,
+         (10, 11): -1.0, (10, 12): -1.1, (12, 13): -1.0, (12, 14): -5.0}
+
+
+def test_beam_fallback_carries_a_neutral_score_not_the_best_possible(setup):
+    _, problem, _, _ = setup
+    norm = Normalizer(torch.zeros(3), torch.ones(3))
+    out = search(Offsets(nan_from={11}), norm, problem, constant_ics(0, 10), pair_reward(TABLE), branching=2,
+                 beam=2, sampling_cfg=SamplingConfig(), generator=gen())
+    assert [[value(s) for s in traj] for traj in out.trajectory] == [[0, 2, 3], [10, 12, 13]]
+    assert out.fallbacks == 2  # state 1 (tie) and state 11 (all NaN), one step each
+    assert torch.isfinite(out.trajectory).all()
+
+
+def test_multi_ic_beam_is_the_same_as_one_ic_at_a_time(setup):
+    """Batching ICs must not couple them: ranking, fallbacks and backtracking are per IC."""
+    _, problem, _, _ = setup
+    norm = Normalizer(torch.zeros(3), torch.ones(3))
+    op, table = Offsets(nan_from={11, 5}), {**TABLE, (20, 21): 2.0, (20, 22): 2.0, (20, 23): 2.0}  # IC 20 ties
+    kw = dict(branching=3, beam=2, sampling_cfg=SamplingConfig(), generator=gen())
+    ics = constant_ics(0, 10, 20, steps=3)
+    both = search(op, norm, problem, ics, pair_reward(table), **kw)
+    alone = [search(op, norm, problem, ics[i : i + 1], pair_reward(table), **kw) for i in range(3)]
+    assert torch.equal(both.trajectory, torch.cat([a.trajectory for a in alone]))
+    assert both.fallbacks == sum(a.fallbacks for a in alone) > 0
+    assert [value(s) for s in both.trajectory[2]][:2] == [20, 21]  # the tie fell back to 20 + 1

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import REWARDS
+from . import Reward, register
 
 
 @dataclass
@@ -55,17 +55,24 @@ def arm_score(terms: dict[str, torch.Tensor], cfg: ARMConfig) -> torch.Tensor:
     return -sum(cfg.weight(k) * v for k, v in terms.items())
 
 
-@REWARDS.register("arm")
-def arm_reward(problem=None, arm: ARMConfig | None = None, **_):
-    cfg = arm or ARMConfig()
+@register("arm")
+class ARM(Reward):
+    """The physics penalties above; `score_terms` also returns them, so the search can log which
+    term drove each choice."""
 
-    def score(candidates, prev, truth=None):
-        terms = arm_terms(problem, candidates, prev)
-        score.last_terms = terms  # the controller logs which term drove each choice
-        return arm_score(terms, cfg)
+    rank = 30
 
-    # The terms are relative changes computed from float32 states: differences below ~1e-6 per
-    # unit weight are round-off (e.g. after conservation projection), so the controller treats
-    # them as a tie. Scaled by the weights, so shrinking every weight cannot make ARM abstain.
-    score.tolerance = 1e-6 * (cfg.w_mass + cfg.w_momentum + cfg.w_energy + cfg.w_bc + cfg.w_positivity)
-    return score
+    def __init__(self, problem=None, arm: ARMConfig | None = None, **_):
+        self.problem, self.cfg = problem, arm or ARMConfig()
+        # The terms are relative changes computed from float32 states: differences below ~1e-6 per
+        # unit weight are round-off (e.g. after conservation projection), so the search treats
+        # them as a tie. Scaled by the weights, so shrinking every weight cannot make ARM abstain.
+        c = self.cfg
+        self.tolerance = 1e-6 * (c.w_mass + c.w_momentum + c.w_energy + c.w_bc + c.w_positivity)
+
+    def score_terms(self, candidates, prev, truth=None):
+        terms = arm_terms(self.problem, candidates, prev)
+        return arm_score(terms, self.cfg), terms
+
+    def score(self, candidates, prev, truth=None):
+        return self.score_terms(candidates, prev)[0]

@@ -19,7 +19,7 @@ from ..data.datasets import Normalizer
 from ..models import MODELS, make_model
 from ..models.prm import PRM, PRMConfig
 from ..models import checkpoint
-from . import REWARDS
+from . import Reward, register
 
 FORMAT = "ttclab.prm/1"
 
@@ -67,22 +67,25 @@ def _operator(blob: dict, path: Path):
     return model
 
 
-@REWARDS.register("prm")
-def prm_reward(prm_path: str | Path | None = None, device="cpu", problem=None, **_):
-    """Scores from a trained PRM. `problem` (optional) guards against a PRM of another problem.
-    With anchor="operator" each call runs the embedded operator once per state (B forward passes,
-    not B*N); `score.operator_evals_per_state` says so for compute accounting."""
-    if prm_path is None:
-        raise ValueError("the prm reward needs prm_path (the model/prm.pt of a train_prm run)")
-    model, normalizer, operator = load_prm(prm_path, device, getattr(problem, "name", None))
+@register("prm")
+class PRMReward(Reward):
+    """Scores from a trained PRM. `problem` (the ttc stage always passes it) refuses a PRM trained
+    on another problem. With anchor="operator" each call runs the embedded operator once per state
+    (B forward passes, not B*N): `operator_evals_per_state` says so for compute accounting."""
+
+    rank = 40
+
+    def __init__(self, prm_path: str | Path | None = None, device="cpu", problem=None, **_):
+        if prm_path is None:
+            raise ValueError("the prm reward needs prm_path (the model/prm.pt of a train_prm run)")
+        self.device = device
+        self.model, self.normalizer, self.operator = load_prm(prm_path, device, getattr(problem, "name", None))
+        self.operator_evals_per_state = int(self.operator is not None)
 
     @torch.no_grad()
-    def score(candidates, prev, truth=None):
-        ndim = prev.ndim - 2
-        s = normalizer.encode(prev.to(device), ndim)
-        c = normalizer.encode(candidates.to(device).flatten(0, 1), ndim).view(candidates.shape)
-        anchor = None if operator is None else operator(s)
-        return model(s, c, anchor).to(candidates.device)
-
-    score.operator_evals_per_state = int(operator is not None)
-    return score
+    def score(self, candidates, prev, truth=None):
+        ndim, norm = prev.ndim - 2, self.normalizer
+        s = norm.encode(prev.to(self.device), ndim)
+        c = norm.encode(candidates.to(self.device).flatten(0, 1), ndim).view(candidates.shape)
+        anchor = None if self.operator is None else self.operator(s)
+        return self.model(s, c, anchor).to(candidates.device)

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from ..tracking import figures
 from . import stage
+from ..rewards import selector_names
 from .ttc import comparison_key
-
-ORDER = ("baseline", "random", "ensemble", "arm", "prm", "oracle")
 
 
 def _row_name(tags) -> str:
@@ -16,13 +15,14 @@ def _row_name(tags) -> str:
 
 
 def collect(tracker, cfg) -> list[tuple[str, str, dict]]:
-    """[(row name, run id, metrics)] newest first per row, in ORDER (projection rows after)."""
+    """[(row name, run id, metrics)] newest first per row, in the selectors' rank order
+    (rewards/__init__.py; projection rows after)."""
     runs = tracker.runs({"ttclab.stage": "ttc", "ttclab.project": cfg.name,
                          "ttclab.compare_key": comparison_key(cfg)}, status="FINISHED")
     newest = {}
     for r in runs:  # newest first
         newest.setdefault(_row_name(r.data.tags), (r.info.run_id, dict(r.data.metrics)))
-    rank = {name: i for i, name in enumerate(ORDER)}
+    rank = {name: i for i, name in enumerate(selector_names())}
     keys = sorted(newest, key=lambda n: (n.endswith("+proj"), rank.get(n.split("+")[0], 99)))
     return [(k, *newest[k]) for k in keys]
 

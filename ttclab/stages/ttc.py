@@ -12,22 +12,23 @@ import csv
 import hashlib
 import io
 import json
+from dataclasses import dataclass
+from typing import Any
 
-import numpy as np
 import torch
 
 from ..data.datasets import SplitData
 from ..metrics.rollout import conservation_drift, default_horizons, mse_per_step, nrmse_per_step
 from ..metrics.prm import spearman
 from ..metrics.ttc import best_pick_rate, headroom_captured, sample_gain, summarize_gain
-from ..rewards import make_reward
+from ..rewards import control_names, make_reward
 from ..tracking import figures
 from ..models.checkpoint import load_operator
-from ..ttc.search import search
+from ..problems.base import coordinates
+from ..ttc.search import SearchResult, search
 from . import STAGES, stage
 from .common import DATA, OPERATOR, PRM, data_path, operator_path
 
-CONTROLS = ("random", "ensemble", "oracle")
 _REFERENCES: dict = {}
 
 
@@ -35,10 +36,14 @@ def prm_path(cfg, ctx):
     return ctx.input("prm", cfg)
 
 
-def _reward(name, cfg, ctx, problem, seed):
+def _reward(name, cfg, ctx, problem):
+    """Selector `name` with every dependency a reward may take. The PRM gets `problem` too, so a PRM
+    trained on another problem is refused; only the PRM reads its checkpoint (an upstream input)."""
+    deps = {"problem": problem, "arm": cfg.arm, "device": ctx.device,
+            "generator": torch.Generator().manual_seed(cfg.sampling.seed + 1)}
     if name == "prm":
-        return make_reward("prm", prm_path=prm_path(cfg, ctx), device=ctx.device)
-    return make_reward(name, problem=problem, arm=cfg.arm, generator=torch.Generator().manual_seed(seed + 1))
+        deps["prm_path"] = prm_path(cfg, ctx)
+    return make_reward(name, **deps)
 
 
 def comparison_key(cfg) -> str:
@@ -55,56 +60,69 @@ def _evaluate(problem, truth, traj):
             "drift": conservation_drift(problem, traj)}
 
 
-@stage("ttc", key=("sampling", "ttc", "arm"),
-       inputs=(DATA, OPERATOR, PRM.when(lambda cfg: cfg.ttc.reward == "prm")))
-def ttc(cfg, ctx, run):
-    """Run one TTC selector (ttc.reward) with its controls on held-out ICs; log metrics and figures."""
-    t = cfg.ttc
-    op_path, d_path = operator_path(cfg, ctx), data_path(cfg, ctx)
-    model, normalizer, problem = load_operator(op_path, cfg.problem.type, ctx.device)
-    data = SplitData(d_path, problem, cfg.data)
-    truth = data[t.split][: t.n_ics or None].to(ctx.device)
-    run.tags({"ttclab.selector": t.reward, "ttclab.sampler": cfg.sampling.sampler, "ttclab.split": t.split,
-              "ttclab.projection": str(t.project_conservation).lower(),
-              "ttclab.compare_key": comparison_key(cfg)})
+@dataclass
+class Rollouts:
+    """What every rollout of one ttc run shares: operator, held-out ICs, candidate seed, N, K."""
 
-    steps = truth.shape[1] - 1
-    horizons = default_horizons(steps, t.horizons)
+    cfg: Any
+    ctx: Any
+    model: Any
+    normalizer: Any
+    problem: Any
+    truth: torch.Tensor
+    memo: tuple  # with (name, projection): everything that determines a rollout
 
-    def rollout(name, project=t.project_conservation, on_step=None):
-        gen = torch.Generator(device=ctx.device).manual_seed(cfg.sampling.seed)
-        reward = None if name in ("baseline", "ensemble") else _reward(name, cfg, ctx, problem, cfg.sampling.seed)
-        return search(model, normalizer, problem, truth, name, reward, branching=t.branching, beam=t.beam,
-                      sampling_cfg=cfg.sampling, project=project, generator=gen, on_step=on_step)
+    def run(self, name: str, project: bool, on_step=None) -> SearchResult:
+        t = self.cfg.ttc
+        gen = torch.Generator(device=self.ctx.device).manual_seed(self.cfg.sampling.seed)
+        reward = _reward(name, self.cfg, self.ctx, self.problem)
+        return search(self.model, self.normalizer, self.problem, self.truth, reward, branching=t.branching, beam=t.beam,
+                      sampling_cfg=self.cfg.sampling, project=project, generator=gen, on_step=on_step)
 
-    def report(step, state):  # intermediate objective values, so a sweep can prune mid-rollout
-        if step in horizons:
-            run.report(f"rollout_mse/h{step}", float(((state - truth[:, step]) ** 2).mean()), step)
-
-    def reference(name, project=t.project_conservation):
+    def reference(self, name: str, project: bool) -> dict:
         """A control rollout, evaluated; memoized per process because it is fully determined by
         the inputs and seeds (the demo's nine ttc runs share their baseline and controls)."""
-        key = (str(op_path), str(d_path), comparison_key(cfg), name, project, str(ctx.device))
+        key = (*self.memo, name, project)
         if key not in _REFERENCES:
             if len(_REFERENCES) >= 16:  # a long sweep process must not grow without bound
                 _REFERENCES.clear()
-            _REFERENCES[key] = _evaluate(problem, truth, rollout(name, project=project).trajectory)
+            _REFERENCES[key] = _evaluate(self.problem, self.truth, self.run(name, project).trajectory)
         return _REFERENCES[key]
 
-    base = reference("baseline", project=False)
-    main = rollout(t.reward, on_step=report)
-    ev = _evaluate(problem, truth, main.trajectory)
+
+def _load(cfg, ctx) -> Rollouts:
+    op_path, d_path = operator_path(cfg, ctx), data_path(cfg, ctx)
+    model, normalizer, problem = load_operator(op_path, cfg.problem.type, ctx.device)
+    truth = SplitData(d_path, problem, cfg.data)[cfg.ttc.split][: cfg.ttc.n_ics or None].to(ctx.device)
+    memo = (str(op_path), str(d_path), comparison_key(cfg), str(ctx.device))
+    return Rollouts(cfg, ctx, model, normalizer, problem, truth, memo)
+
+
+def _pruning_report(run, truth, horizons):
+    """on_step callback: the rollout MSE at each horizon as an intermediate objective value, so a
+    sweep can prune a trial mid-rollout."""
+
+    def report(step, state):
+        if step in horizons:
+            run.report(f"rollout_mse/h{step}", float(((state - truth[:, step]) ** 2).mean()), step)
+
+    return report
+
+
+def _selector_metrics(ev, base, main: SearchResult, horizons, n_ics) -> dict:
+    """The contract's keys for the selector itself: rollout errors and drift per horizon,
+    SampleGain against the baseline, cost per IC, and reward diagnostics."""
     metrics = {}
     for h in horizons:
         metrics[f"rollout_mse/h{h}"] = float(ev["mse"][:, h].mean())
         metrics[f"rollout_nrmse/h{h}"] = float(ev["nrmse"][:, h].mean())
         for q, d in ev["drift"].items():
             metrics[f"conservation/{q}/h{h}"] = float(d[:, h].mean())
-    gain = sample_gain(base["mse"][:, -1], ev["mse"][:, -1])
-    n_ics = truth.shape[0]
-    metrics |= summarize_gain(gain)
+    metrics |= summarize_gain(sample_gain(base["mse"][:, -1], ev["mse"][:, -1]))
     metrics |= {"cost/model_evals": main.model_evals / n_ics, "cost/reward_evals": main.reward_evals / n_ics,
-                "cost/wall_s": main.wall_s, "cost/fallbacks": main.fallbacks, "ttc/n_ics": n_ics}
+                "cost/wall_s": main.wall_s, "cost/fallbacks": main.fallbacks, "ttc/n_ics": n_ics,
+                "cost/projection_refused": main.projection_refused,
+                "cost/projection_partial": main.projection_partial}
     if main.scores:
         scores, errors = torch.cat(main.scores), torch.cat(main.errors)
         if scores.shape[1] > 1:
@@ -113,29 +131,54 @@ def ttc(cfg, ctx, run):
     for term, (chosen, mean, count) in main.terms.items():
         metrics[f"reward/terms/{term}/chosen"] = chosen / count
         metrics[f"reward/terms/{term}/all"] = mean / count
-    curves = {"baseline": base["mse"].mean(0), t.reward: ev["mse"].mean(0)}
-    for h in horizons:
-        metrics[f"control/baseline/rollout_mse/h{h}"] = float(base["mse"][:, h].mean())
-    for name in (c for c in CONTROLS if c != t.reward):
-        c_ev = reference(name)
-        curves[name] = c_ev["mse"].mean(0)
+    return metrics
+
+
+def _control_metrics(base, controls: dict, horizons, steps) -> dict:
+    """`control/<name>/...`: the baseline per horizon, every other control's final MSE and gain."""
+    metrics = {f"control/baseline/rollout_mse/h{h}": float(base["mse"][:, h].mean()) for h in horizons}
+    for name, c_ev in controls.items():
         metrics[f"control/{name}/rollout_mse/h{steps}"] = float(c_ev["mse"][:, -1].mean())
-        metrics |= {f"control/{name}/{k}": v for k, v in summarize_gain(sample_gain(base["mse"][:, -1], c_ev["mse"][:, -1])).items()}
-    oracle_final = metrics.get(f"control/oracle/rollout_mse/h{steps}", metrics[f"rollout_mse/h{steps}"])
-    metrics["ttc/headroom_captured"] = headroom_captured(float(base["mse"][:, -1].mean()),
-                                                         metrics[f"rollout_mse/h{steps}"], oracle_final)
+        gain = summarize_gain(sample_gain(base["mse"][:, -1], c_ev["mse"][:, -1]))
+        metrics |= {f"control/{name}/{k}": v for k, v in gain.items()}
+    return metrics
+
+
+@stage("ttc", key=("sampling", "ttc", "arm"),
+       inputs=(DATA, OPERATOR, PRM.when(lambda cfg: cfg.ttc.reward == "prm")))
+def ttc(cfg, ctx, run):
+    """Run one TTC selector (ttc.reward) with its controls on held-out ICs; log metrics and figures."""
+    t, r = cfg.ttc, _load(cfg, ctx)
+    truth = r.truth
+    run.tags({"ttclab.selector": t.reward, "ttclab.sampler": cfg.sampling.sampler, "ttclab.split": t.split,
+              "ttclab.projection": str(t.project_conservation).lower(),
+              "ttclab.compare_key": comparison_key(cfg)})
+    steps = truth.shape[1] - 1
+    horizons = default_horizons(steps, t.horizons)
+    base = r.reference("baseline", False)
+    main = r.run(t.reward, t.project_conservation, on_step=_pruning_report(run, truth, horizons))
+    ev = _evaluate(r.problem, truth, main.trajectory)
+    controls = {name: r.reference(name, t.project_conservation) for name in control_names() if name != t.reward}
+    metrics = _selector_metrics(ev, base, main, horizons, truth.shape[0])
+    metrics |= _control_metrics(base, controls, horizons, steps)
+    final = metrics[f"rollout_mse/h{steps}"]
+    oracle_final = metrics.get(f"control/oracle/rollout_mse/h{steps}", final)
+    metrics["ttc/headroom_captured"] = headroom_captured(float(base["mse"][:, -1].mean()), final, oracle_final)
     run.log(metrics)
     for h in range(1, steps + 1):
         run.log({"rollout_mse": float(ev["mse"][:, h].mean()), "rollout_nrmse": float(ev["nrmse"][:, h].mean())}, h)
-    _artifacts(run, problem, truth, base, ev, gain, curves, horizons, t.reward, main.trajectory, data)
+    curves = {"baseline": base["mse"].mean(0), t.reward: ev["mse"].mean(0)}
+    curves |= {name: c_ev["mse"].mean(0) for name, c_ev in controls.items()}
+    gain = sample_gain(base["mse"][:, -1], ev["mse"][:, -1])
+    _artifacts(run, r.problem, truth, base, ev, gain, curves, horizons, t.reward, main.trajectory)
     if ctx.progress:
         print(f"[ttclab] ttc {t.reward} N={t.branching} K={t.beam}{' +projection' if t.project_conservation else ''}: "
-              f"final MSE {metrics[f'rollout_mse/h{steps}']:.4e} (baseline {float(base['mse'][:, -1].mean()):.4e}), "
+              f"final MSE {final:.4e} (baseline {float(base['mse'][:, -1].mean()):.4e}), "
               f"SampleGain mean {metrics['sample_gain/mean']:.1f}%")
     return metrics
 
 
-def _artifacts(run, problem, truth, base, ev, gain, curves, horizons, name, traj, data):
+def _artifacts(run, problem, truth, base, ev, gain, curves, horizons, name, traj):
     buf = io.StringIO()
     writer = csv.writer(buf)
     drift_keys = list(ev["drift"])
@@ -159,6 +202,6 @@ def _artifacts(run, problem, truth, base, ev, gain, curves, horizons, name, traj
     if problem.ndim == 1:
         example = {"truth": truth[0].cpu().numpy(), "baseline": base["traj"][0].cpu().numpy(),
                    name: traj[0].cpu().numpy()}
-        x = (np.arange(truth.shape[-1]) + 0.5) / truth.shape[-1]
+        x = coordinates(problem)["x-coordinate"]  # cell centres of the problem's domain
         times = sorted({1, truth.shape[1] // 2, truth.shape[1] - 1})
         run.text(figures.fields_at_times(x, list(problem.fields), times, example), "figures/example.html")

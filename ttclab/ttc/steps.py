@@ -1,0 +1,154 @@
+"""The parts of one search step, composed in this order by `ttc.search.search`:
+
+    propose -> correct -> guard -> score -> fall back -> keep -> record
+
+They work on rows: one row per (IC, kept trajectory), R = B * K rows of N candidates each. States
+are normalized between steps (like the plain rollout); rewards and the corrector see physical
+units. A new candidate source is a new `propose`, a new corrector a new `Corrector`, a new way to
+keep states a new keep function chosen by the reward's `aggregate` capability (rewards/__init__.py).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .. import sampling
+
+
+def propose(model, x: torch.Tensor, n: int, reward, sampling_cfg, generator) -> torch.Tensor:
+    """Kept states x (R, C, *X) -> candidates (R, N, C, *X), normalized; one batched forward pass.
+    A deterministic selector (the baseline) proposes the operator's own step, N = 1."""
+    if reward.deterministic:
+        return model(x).unsqueeze(1)
+    return sampling.candidates(model, x, n, sampling_cfg, generator)
+
+
+class Corrector:
+    """Normalized candidates (R, N, C, *X) of ICs `ic` (R,) -> (normalized, physical). With the
+    ICs' conserved totals it projects every candidate onto them (problem.project_conserved), so the
+    reward sees and the search keeps the projected states; `counts` accumulates the problem's
+    per-state "projected" / "partial" / "refused" counts (a positivity-safe projection may apply
+    only part of the correction, or none)."""
+
+    def __init__(self, problem, normalizer, totals: dict[str, torch.Tensor] | None = None):
+        self.problem, self.normalizer, self.totals = problem, normalizer, totals
+        self.counts: dict[str, int] = {}
+
+    def __call__(self, cand_n: torch.Tensor, ic: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        nd = self.problem.ndim
+        cand = self.normalizer.decode(cand_n, nd)
+        if self.totals is None:
+            return cand_n, cand
+        target = {q: v[ic].unsqueeze(1) for q, v in self.totals.items()}
+        cand = self.problem.project_conserved(cand, target, counts=self.counts)
+        return self.normalizer.encode(cand, nd), cand
+
+
+def finite(cand: torch.Tensor) -> torch.Tensor:
+    """(R, N) True where the candidate is finite everywhere: NaN/Inf candidates are never kept."""
+    return torch.isfinite(cand).flatten(2).all(dim=2)
+
+
+def score(reward, cand, prev, truth, valid) -> tuple[torch.Tensor, dict | None, torch.Tensor]:
+    """-> (scores (R, N) with -inf where invalid, the reward's terms, valid & finite score).
+    Only a reward that declares `needs_truth` (the oracle) is shown the true next state."""
+    scores, terms = reward.score_terms(torch.nan_to_num(cand), prev, truth if reward.needs_truth else None)
+    valid = valid & torch.isfinite(scores)
+    return torch.where(valid, scores, torch.full_like(scores, -torch.inf)), terms, valid
+
+
+def guard(scores: torch.Tensor | None, valid: torch.Tensor, reward) -> torch.Tensor:
+    """(R,) rows that fall back to the deterministic step: no valid candidate, or (N > 1, a reward
+    that abstains) valid scores within the reward's tolerance of each other, where the reward
+    carries no information."""
+    none_valid = ~valid.any(dim=1)
+    if scores is None or scores.shape[1] == 1 or not reward.abstains:
+        return none_valid
+    spread = (torch.where(valid, scores, -torch.inf).amax(1) - torch.where(valid, scores, torch.inf).amin(1))
+    return none_valid | (spread <= reward.tolerance)
+
+
+def neutral(scores: torch.Tensor, valid: torch.Tensor, ic: torch.Tensor, b: int) -> torch.Tensor:
+    """(R,) the step score a fallback row carries. Not 0, which is the best possible ARM, PRM and
+    oracle score and made beam search prefer fallback branches: a row whose candidates tied gets
+    the tie value (the mean of its valid scores: what the reward said of every candidate), a row
+    with no valid candidate the mean valid score of its IC's other rows at this step, and 0 when
+    no row of the IC has one (every row of the IC falls back alike: the constant cannot reorder)."""
+    s = torch.where(valid, scores, torch.zeros_like(scores)).sum(1)
+    count = valid.sum(1).to(scores.dtype)
+    ic_s = scores.new_zeros(b).index_add(0, ic, s)[ic]
+    ic_count = scores.new_zeros(b).index_add(0, ic, count)[ic]
+    return torch.where(count > 0, s / count.clamp_min(1), ic_s / ic_count.clamp_min(1))
+
+
+def fall_back(model, correct, x, ic, rows, cand_n, valid, scores, b):
+    """Replace the candidates of fallback `rows` by the deterministic step (corrected like the
+    candidates) in slot 0, the only valid slot of the row, scored `neutral` (-inf elsewhere), so
+    a beam keeps it once rather than N copies. -> (cand_n, valid, scores)."""
+    det_n, _ = correct(model(x[rows]).unsqueeze(1), ic[rows])
+    if scores is not None:
+        fill = neutral(scores, valid, ic, b)[rows]
+        scores = scores.clone()
+        scores[rows] = -torch.inf
+        scores[rows, 0] = fill
+    cand_n, valid = cand_n.clone(), valid.clone()
+    cand_n[rows, 0] = det_n[:, 0]
+    valid[rows] = False
+    valid[rows, 0] = True
+    return cand_n, valid, scores
+
+
+def take(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """x (B, M, ...), idx (B, K) -> (B, K, ...)."""
+    return x.gather(1, idx.view(*idx.shape, *[1] * (x.ndim - 2)).expand(*idx.shape, *x.shape[2:]))
+
+
+def keep_mean(cand_n, valid, scores, cum, b, k):
+    """aggregate="mean" (ensemble; the baseline's single candidate is its own mean, exactly): one
+    kept state per IC, the mean of its valid candidates. -> (kept (B, 1, ...), parent, cum)."""
+    w = valid.to(cand_n.dtype).view(*valid.shape, *[1] * (cand_n.ndim - 2))
+    mean = (torch.nan_to_num(cand_n) * w).sum(1) / w.sum(1).clamp_min(1.0)
+    zeros = torch.zeros(b, 1, dtype=torch.long, device=cand_n.device)
+    return mean.view(b, 1, *mean.shape[1:]), zeros, cum
+
+
+def keep_top(cand_n, valid, scores, cum, b, k):
+    """Per IC the k candidates of best cumulative score over all its rows (k = 1: greedy).
+    topk sorts descending, so kept state 0 is always the IC's best. -> (kept, parent row, cum)."""
+    kc, n = cum.shape[1], cand_n.shape[1]
+    total = (cum.reshape(-1, 1) + scores).view(b, kc * n)
+    top = total.topk(min(k, kc * n), dim=1)
+    kept = take(cand_n.view(b, kc * n, *cand_n.shape[2:]), top.indices)
+    return kept, top.indices // n, top.values
+
+
+KEEP = {"mean": keep_mean, None: keep_top}
+
+
+def backtrack(frames: list[torch.Tensor], parents: list[torch.Tensor]) -> torch.Tensor:
+    """frames[t] (B, Kt, ...) kept after step t, parents[t] (B, Kt+1) the frame-t row each
+    survivor extends -> the best trajectory (B, T+1, ...): kept row 0 at the end, followed back.
+    Backtracking once avoids copying histories every step."""
+    idx = torch.zeros(frames[0].shape[0], 1, dtype=torch.long, device=frames[0].device)
+    best = [frames[0][:, 0]] + [None] * (len(frames) - 1)
+    for t in range(len(frames) - 1, 0, -1):
+        best[t] = take(frames[t], idx)[:, 0]
+        idx = parents[t - 1].gather(1, idx)
+    return torch.stack(best, dim=1)
+
+
+def record(out, scores, cand, truth, valid, terms) -> None:
+    """Diagnostics of one scored step: the scores and the candidates' true MSE of fully valid rows
+    (rank metrics), and per reward term its value at the pick and its candidate mean."""
+    errors = ((cand - truth.unsqueeze(1)) ** 2).flatten(2).mean(dim=2)
+    full = valid.all(dim=1)
+    out.scores.append(scores[full].cpu())
+    out.errors.append(errors[full].cpu())
+    if terms is None:
+        return
+    pick = scores.argmax(dim=1, keepdim=True)
+    for name, value in terms.items():
+        acc = out.terms.setdefault(name, [0.0, 0.0, 0])
+        acc[0] += float(value.gather(1, pick).mean())
+        acc[1] += float(value.mean())
+        acc[2] += 1
