@@ -13,8 +13,11 @@ import pytest
 import torch
 from torch import nn
 
+from ttclab.data.datasets import Normalizer
 from ttclab.errors import UserError
-from ttclab.models import MODELS, Operator, OperatorError, Perturbation, make_model, operator_names
+from ttclab.models import MODELS, Operator, OperatorError, Perturbation, checkpoint, make_model, make_operator
+from ttclab.models import operator_names
+from ttclab.models.trc import TRCModelConfig
 from ttclab.sampling import SamplingConfig, candidates, perturbation
 
 # Registered models that are not operators, with the reason.
@@ -152,3 +155,12 @@ def test_mc_dropout_on_an_operator_without_dropout_is_a_user_error():
     u = torch.randn(2, N_FIELDS, 24)
     with pytest.raises(UserError, match="sampling.sampler mc_dropout needs an operator with dropout"):
         candidates(model, u, 3, SamplingConfig(sampler="mc_dropout"), gen(0))
+
+
+def test_a_controller_is_refused_where_an_operator_is_needed(tmp_path):
+    with pytest.raises(OperatorError, match="model.type 'trc' is not an operator; use one of fno"):
+        make_operator(TRCModelConfig(), n_fields=N_FIELDS, ndim=1)
+    path = checkpoint.save(tmp_path / "op.pt", problem_cfg={"type": "euler1d"}, model_cfg={"type": "trc"},
+                           normalizer=Normalizer(torch.zeros(3), torch.ones(3)), model=build("fno", 1))
+    with pytest.raises(checkpoint.CheckpointError, match="op.pt: stored config is invalid .*not an operator"):
+        checkpoint.load_operator(path)

@@ -17,4 +17,11 @@ def operator_names() -> list[str]:
     return [name for name in MODELS.names() if issubclass(MODELS.get(name), Operator)]
 
 
+def make_operator(cfg, n_fields: int, ndim: int) -> Operator:
+    """make_model for the simulator slot: a model.type that is not an operator (a controller) is refused."""
+    if not issubclass(MODELS.get(cfg.type), Operator):
+        raise OperatorError(f"model.type {cfg.type!r} is not an operator; use one of {', '.join(operator_names())}")
+    return make_model(cfg, n_fields=n_fields, ndim=ndim)
+
+
 from . import fno, trc  # noqa: E402,F401  (registration)

@@ -12,7 +12,7 @@ from ..config import ConfigError, build
 from ..data.datasets import Normalizer
 from ..errors import UserError
 from ..problems import PROBLEMS, make_problem
-from . import MODELS, make_model
+from . import MODELS, OperatorError, make_operator
 
 FORMAT = "ttclab.operator/1"
 
@@ -75,9 +75,9 @@ def load_operator(path: str | Path, expect_problem: str | None = None, device="c
     try:
         problem = make_problem(build(PROBLEMS.get(pcfg_d["type"]).Config, pcfg_d, str(path), "problem"))
         mcfg = build(MODELS.get(mcfg_d["type"]).Config, mcfg_d, str(path), "model")
-    except (ConfigError, KeyError) as err:
+        model = make_operator(mcfg, n_fields=problem.n_fields, ndim=problem.ndim)
+    except (ConfigError, KeyError, OperatorError) as err:
         raise CheckpointError(f"{path}: stored config is invalid ({err}); retrain it") from None
-    model = make_model(mcfg, n_fields=problem.n_fields, ndim=problem.ndim)
     want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     got = {k: tuple(v.shape) for k, v in blob["state_dict"].items()}
     if want != got:
