@@ -265,3 +265,46 @@ def test_multi_ic_beam_is_the_same_as_one_ic_at_a_time(setup):
     assert torch.equal(both.trajectory, torch.cat([a.trajectory for a in alone]))
     assert both.fallbacks == sum(a.fallbacks for a in alone) > 0
     assert [value(s) for s in both.trajectory[2]][:2] == [20, 21]  # the tie fell back to 20 + 1
+
+
+def test_the_ttc_stage_gives_the_prm_its_problem_so_a_foreign_prm_is_refused(setup, tmp_path):
+    from ttclab.models.prm import PRM, PRMConfig
+    from ttclab.rewards.prm import PRMCheckpointError, save_prm
+    from ttclab.stages.ttc import _reward
+
+    cfg, problem, data, _ = setup
+    prm = PRM(PRMConfig(anchor="set_mean", width=8, layers=2), n_fields=3, ndim=1)
+    path = save_prm(tmp_path / "prm.pt", prm, data.normalizer, {"type": "burgers1d"}, {"anchor": "set_mean"}, 3)
+
+    class Ctx:
+        device = "cpu"
+
+        def input(self, name, cfg):
+            assert name == "prm"
+            return path
+
+    with pytest.raises(PRMCheckpointError, match=r"prm\.pt: PRM was trained on 'burgers1d', not 'euler1d'"):
+        _reward("prm", cfg, Ctx(), problem)
+
+
+def test_comparison_key_separates_runs_of_other_prm_settings_only():
+    from conftest import build_tiny_project
+    from ttclab.stages.ttc import comparison_key
+
+    key = comparison_key(build_tiny_project("euler1d"))
+    same = ("ttc.reward=prm", "ttc.project_conservation=true")
+    assert all(comparison_key(build_tiny_project("euler1d", s)) == key for s in same)
+    for other in ("prm.width=7", "triplets.k=3", "ttc.beam=2", "sampling.latent_sigma=0.5", "arm.w_mass=2"):
+        assert comparison_key(build_tiny_project("euler1d", other)) != key, other
+
+
+def test_every_selector_is_named_once_in_the_registry():
+    from ttclab.rewards import REWARDS, control_names, selector_names
+    from ttclab.ttc.search import TTCConfig
+
+    assert selector_names() == ["baseline", "random", "ensemble", "arm", "prm", "oracle"]
+    assert control_names() == ["random", "ensemble", "oracle"]
+    assert REWARDS.get("baseline").deterministic and REWARDS.get("ensemble").aggregate == "mean"
+    assert REWARDS.get("oracle").needs_truth and not REWARDS.get("random").abstains
+    with pytest.raises(ValueError, match="valid: baseline, random, ensemble, arm, prm, oracle"):
+        TTCConfig(reward="armm").validate()

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 
+from ..rewards import selector_names
 from . import STAGES, stage
 from .common import DATA, OPERATOR, PRM
 
-SELECTORS = ("baseline", "random", "ensemble", "arm", "prm", "oracle")
+SELECTORS = tuple(selector_names())  # every selector of the REWARDS registry, in table order
 PROJECTED = ("baseline", "arm", "prm")
 
 

@@ -21,7 +21,7 @@ from ..data.datasets import SplitData
 from ..metrics.rollout import conservation_drift, default_horizons, mse_per_step, nrmse_per_step
 from ..metrics.prm import spearman
 from ..metrics.ttc import best_pick_rate, headroom_captured, sample_gain, summarize_gain
-from ..rewards import control_names, make_reward
+from ..rewards import control_names, make_reward, selector_names
 from ..tracking import figures
 from ..models.checkpoint import load_operator
 from ..problems.base import coordinates
@@ -145,7 +145,8 @@ def _control_metrics(base, controls: dict, horizons, steps) -> dict:
 
 
 @stage("ttc", key=("sampling", "ttc", "arm"),
-       inputs=(DATA, OPERATOR, PRM.when(lambda cfg: cfg.ttc.reward == "prm")))
+       inputs=(DATA, OPERATOR, PRM.when(lambda cfg: cfg.ttc.reward == "prm")),
+       help=f"Run one TTC selector (ttc.reward: {' | '.join(selector_names())}) with its controls on held-out ICs.")
 def ttc(cfg, ctx, run):
     """Run one TTC selector (ttc.reward) with its controls on held-out ICs; log metrics and figures."""
     t, r = cfg.ttc, _load(cfg, ctx)
