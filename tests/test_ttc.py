@@ -308,3 +308,38 @@ def test_every_selector_is_named_once_in_the_registry():
     assert REWARDS.get("oracle").needs_truth and not REWARDS.get("random").abstains
     with pytest.raises(ValueError, match="valid: baseline, random, ensemble, arm, prm, oracle"):
         TTCConfig(reward="armm").validate()
+
+
+class Fixed:
+    """A fake operator whose candidates are always `cands` (N, C, *X); deterministic step: cands[0]."""
+
+    cfg = SamplingConfig()
+
+    def __init__(self, cands):
+        self.cands = cands
+
+    def eval(self):
+        return self
+
+    def __call__(self, u):
+        return self.cands[:1].expand(u.shape[0], *self.cands.shape[1:])
+
+    def sample_next(self, u, n, noise=None, generator=None):
+        return self.cands.expand(u.shape[0], *self.cands.shape)
+
+
+def test_search_counts_partial_and_refused_projections(setup):
+    """At rest (rho = p = 1): a candidate with twice the mass whose density the full shift would
+    make negative is projected part of the way; one with a negative pressure cell is refused."""
+    _, problem, _, _ = setup
+    x = torch.from_numpy(problem.cell_centres(0)).float()
+    rest = torch.stack([torch.ones(32), torch.zeros(32), torch.ones(32)])
+    heavy, negative = rest.clone(), rest.clone()
+    heavy[0] = 2 + 1.5 * torch.sin(2 * torch.pi * x / problem.extent[0])
+    negative[2, :3] = -0.5
+    truth = rest.expand(2, 2, 3, 32).clone()
+    out = search(Fixed(torch.stack([heavy, negative, rest])), Normalizer(torch.zeros(3), torch.ones(3)), problem, truth,
+                 Fn(lambda c, p: torch.tensor([[1.0, 2.0, 0.0]]).expand(c.shape[0], 3)), branching=3,
+                 sampling_cfg=SamplingConfig(), project=True, generator=gen())
+    assert (out.projection_partial, out.projection_refused, out.fallbacks) == (2, 2, 0)  # per IC one each
+    assert torch.equal(out.trajectory[:, 1], negative.expand(2, 3, 32))  # the refused one, unchanged
