@@ -18,7 +18,8 @@ from ttclab.rewards.prm import PRMCheckpointError, save_prm
 from ttclab.stages import Context
 from ttclab.stages.prm import held_out_report
 from ttclab.tracking.store import Tracker
-from ttclab.training.triplet import draw_sets, rank_triplet, train, triplet_margin_loss
+from ttclab.training.losses import triplet_margin_loss
+from ttclab.training.triplet import draw_sets, rank_triplet, train
 
 
 def test_triplet_loss_is_zero_when_margins_hold_and_positive_otherwise():

@@ -132,7 +132,7 @@ def test_resume_from_last_checkpoint_continues_where_it_stopped(tmp_path, setup)
 
     resumed_epochs, steps = [], []
     fresh = new_model(cfg, problem, seed=123)  # resume must not depend on the initial weights
-    final = train(fresh, train_pairs, val_pairs, tcfg, resume=checkpoint.read(last), progress=False,
+    final = train(fresh, train_pairs, val_pairs, tcfg, resume=last, progress=False,
                   on_epoch=lambda epoch, val, state: resumed_epochs.append(epoch),
                   log=lambda metrics, step: steps.append(step))
     steps_per_epoch = -(-len(train_pairs[0]) // 8)
@@ -140,6 +140,42 @@ def test_resume_from_last_checkpoint_continues_where_it_stopped(tmp_path, setup)
     assert min(steps) == 2 * steps_per_epoch + 1 and final["step"] == 4 * steps_per_epoch
     for key, value in reference.state_dict().items():
         torch.testing.assert_close(fresh.state_dict()[key], value, msg=key)
+
+
+
+@pytest.fixture
+def last_pt(tmp_path, setup):
+    """A last.pt after one epoch of the tiny operator, as the train stage writes it."""
+    cfg, problem, data, train_pairs, val_pairs = setup
+    model = new_model(cfg, problem)
+    path = tmp_path / "last.pt"
+    train(model, train_pairs, val_pairs, dataclasses.replace(cfg.train, epochs=1), progress=False,
+          on_epoch=lambda e, v, state: save(path, cfg, model, data, **{k: x for k, x in state.items() if k != "state_dict"}))
+    return path
+
+
+@pytest.mark.parametrize("key", ["optimizer", "scheduler", "best_state"])
+def test_resume_from_a_checkpoint_missing_a_key_names_file_and_key(tmp_path, setup, last_pt, key):
+    cfg, problem, _, train_pairs, val_pairs = setup
+    blob = torch.load(last_pt, weights_only=True)
+    del blob[key]
+    torch.save(blob, broken := tmp_path / "broken.pt")
+    with pytest.raises(CheckpointError) as err:
+        train(new_model(cfg, problem), train_pairs, val_pairs, cfg.train, resume=broken, progress=False)
+    message = str(err.value)
+    assert str(broken) in message and repr(key) in message and "\n" not in message
+
+
+def test_resume_into_another_architecture_names_the_mismatching_shapes(setup, last_pt):
+    cfg, problem, _, train_pairs, val_pairs = setup
+    wider = new_model(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, width=16)), problem)
+    before = {k: v.clone() for k, v in wider.state_dict().items()}
+    with pytest.raises(CheckpointError) as err:
+        train(wider, train_pairs, val_pairs, cfg.train, resume=last_pt, progress=False)
+    message = str(err.value)
+    assert str(last_pt) in message and "another architecture" in message and "\n" not in message
+    assert "8" in message and "16" in message  # the file's and the model's shapes
+    assert all(torch.equal(v, before[k]) for k, v in wider.state_dict().items())  # refused before loading
 
 
 # Loss values printed by the three separate loops before they became one (commit "pin ..."): the

@@ -11,7 +11,8 @@ from ttclab.models.trc import PRESETS, TRCModelConfig
 from ttclab.problems import make_problem
 from ttclab.problems.control.double_integrator import DoubleIntegratorConfig
 from ttclab.problems.control.vanderpol import VanDerPolConfig
-from ttclab.training.trc import TRCConfig, fit, iterate_costs, process_loss, validate_controller, with_teacher_cost
+from ttclab.training.losses import iterate_costs, process_loss
+from ttclab.training.trc import TRCConfig, fit, validate_controller, with_teacher_cost
 
 
 def problems(n, seed=0, **kw):

@@ -180,8 +180,8 @@ def train_prm(cfg, ctx, run):
     run.log({"prm/n_params": sum(p.numel() for p in model.parameters()), "prm/n_train_states": len(train_data["state"]),
              "prm/n_val_states": len(val_data["state"])})
     start = time.perf_counter()
-    result = train_loop(model, train_data, val_data, pc, device=ctx.device, log=run.log,
-                        on_epoch=lambda epoch, val: run.report("val/loss", val, epoch), progress=ctx.progress)
+    result = train_loop(model, train_data, val_data, pc, device=ctx.device, log=run.log, progress=ctx.progress,
+                        on_epoch=lambda epoch, val, state: run.report("val/loss", val["val/loss"], epoch))
     seconds = time.perf_counter() - start
     report, calib = held_out_report(model, val_data, pc.set_size, pc.seed, ctx.device)
     # The operator anchor is part of the reward: embed the operator so the checkpoint is self-contained.

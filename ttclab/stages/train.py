@@ -42,8 +42,7 @@ def train(cfg, ctx, run):
     model = make_model(cfg.model, n_fields=problem.n_fields, ndim=problem.ndim)
     n_params = sum(p.numel() * (2 if p.is_complex() else 1) for p in model.parameters())
     run.log({"model/n_params": n_params})
-    resume_path = ctx.input("resume", cfg)
-    resume = checkpoint.read(resume_path) if resume_path else None
+    resume = ctx.input("resume", cfg)  # a last.pt path; the training loop reads and checks it
     save_kw = dict(problem_cfg=cfg.to_dict()["problem"], model_cfg=cfg.to_dict()["model"], normalizer=data.normalizer)
     with tempfile.TemporaryDirectory(prefix="ttclab-train-") as tmp:
         return _fit(cfg, ctx, run, data, model, resume, save_kw, Path(tmp))

@@ -20,7 +20,8 @@ from ..models import make_model
 from ..problems import make_problem
 from ..problems.control import SPLITS, ControlProblem
 from ..tracking.trc_figures import refinement_figure, trajectory_figure
-from ..training.trc import fit, iterate_costs, predict, save_controller, with_teacher_cost
+from ..training.losses import iterate_costs
+from ..training.trc import fit, predict, save_controller, with_teacher_cost
 from . import Input, stage
 
 DATA_FORMAT = "ttclab.control-data/1"
@@ -83,7 +84,7 @@ def trc(cfg, ctx, run):
     run.tags({"ttclab.method": cfg.trc.method, "ttclab.split": cfg.trc.eval_split})
     run.log({"model/n_params": sum(p.numel() for p in model.parameters())})
 
-    def on_epoch(epoch, val):
+    def on_epoch(epoch, val, state):
         run.report("val/loss", val["val/loss"], epoch)
         run.report("val/trc/success_rate", val["val/success_rate"], epoch)  # what process_weight sweeps prune on
 

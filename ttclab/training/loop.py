@@ -1,17 +1,142 @@
-"""Operator training: AdamW + cosine schedule, gradient clipping, validation each epoch, best weights
-kept, and a resumable checkpoint after every epoch so a crash loses at most one epoch."""
+"""The one training loop (`fit`) and the operator's use of it (`train`).
+
+`fit` does what every model's training shares: AdamW, a cosine schedule stepped per optimizer step,
+global-norm gradient clipping, progress, validation after every epoch, the best weights kept (and
+restored at the end), early stopping, and a resumable state after every epoch. A kind of training
+supplies a `Task`: its loss (a `losses.LOSSES` entry bound to its config), its batches and its
+validation. The operator's task is below; triplet.py (PRM) and trc.py (controller) build theirs.
+"""
 
 from __future__ import annotations
 
 import copy
 import math
 from dataclasses import dataclass
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Iterable
 
 import torch
 from tqdm import tqdm
 
-from .losses import unrolled_mse
+from ..errors import UserError
+from ..models import checkpoint
+from ..models.checkpoint import CheckpointError
+from .losses import LOSSES
+
+# What a resumed run needs; best_epoch and stale are newer and default to 0 for older last.pt files.
+RESUME_KEYS = ("state_dict", "optimizer", "scheduler", "epoch", "step", "best_val", "best_state")
+
+
+class TrainingError(UserError):
+    """Training produced no usable weights (e.g. a non-finite validation loss in every epoch)."""
+
+
+@dataclass
+class Task:
+    loss: Callable[[torch.nn.Module, dict], torch.Tensor | dict]  # batch -> scalar or {"loss", terms}
+    batches: Callable[[int], Iterable[dict]]  # epoch -> that epoch's batches, on the device
+    steps_per_epoch: int  # len(batches(epoch)), for the schedule and the progress bar
+    validate: Callable[[torch.nn.Module], dict[str, float]]  # -> metrics with "val/loss", lower is better
+
+
+def fit(model: torch.nn.Module, task: Task, cfg, *, seed: int, device="cpu",
+        log: Callable[[dict, int], None] = lambda metrics, step: None,
+        on_epoch: Callable[[int, dict, dict], None] = lambda epoch, val, state: None,
+        resume: dict | None = None, resume_source: str = "resume checkpoint", progress: bool = True,
+        desc: str = "train", log_every: int = 0, patience: int = 0, validate_first: bool = False) -> dict:
+    """Train `model` with cfg.epochs, cfg.lr, cfg.weight_decay, cfg.grad_clip.
+
+    log_every > 0 logs train/<term> means every that many steps; 0 logs one epoch mean with the
+    validation point. patience > 0 stops after that many epochs without a lower val/loss.
+    validate_first lets epoch 0 (the untrained weights) compete for the best. `on_epoch(epoch, val,
+    state)` gets the validation metrics and the resumable state (`resume` takes it back).
+    -> {"epoch", "step", "best_val", "best_epoch", "best_state", "stale"}; the best weights are loaded."""
+    torch.manual_seed(seed)
+    model.to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * task.steps_per_epoch)
+    state = {"epoch": 0, "step": 0, "best_val": math.inf, "best_epoch": 0, "best_state": None, "stale": 0}
+    if resume is not None:
+        restore(model, opt, sched, state, resume, resume_source)
+    elif validate_first:
+        val = task.validate(model)
+        log({**val, "epoch": 0}, 0)
+        keep_if_best(model, state, val["val/loss"], 0)
+    bar = tqdm(total=cfg.epochs * task.steps_per_epoch, initial=state["step"], desc=desc, disable=not progress)
+    for epoch in range(state["epoch"], cfg.epochs):
+        model.train()
+        sums, seen, epoch_loss = {}, 0, 0.0
+        for batch in task.batches(epoch):
+            terms = task.loss(model, batch)
+            terms = terms if isinstance(terms, dict) else {"loss": terms}
+            optimizer_step(model, opt, sched, terms["loss"], cfg.grad_clip)
+            state["step"] += 1
+            seen += 1
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            epoch_loss += float(terms["loss"].detach())
+            if log_every and state["step"] % log_every == 0:
+                log({**{f"train/{k}": v / seen for k, v in sums.items()}, "train/lr": sched.get_last_lr()[0]},
+                    state["step"])
+                sums, seen = {}, 0
+            bar.update(1)
+        val = task.validate(model)
+        # One epoch mean when not logged per step (sums then span the whole epoch).
+        trained = {} if log_every else {**{f"train/{k}": v / seen for k, v in sums.items()},
+                                        "train/lr": sched.get_last_lr()[0]}
+        log({**trained, **val, "epoch": epoch + 1}, state["step"])
+        bar.set_postfix(train=f"{epoch_loss / max(task.steps_per_epoch, 1):.3e}", val=f"{val['val/loss']:.3e}")
+        state["epoch"] = epoch + 1
+        keep_if_best(model, state, val["val/loss"], epoch + 1)
+        on_epoch(epoch + 1, val, {**state, "state_dict": model.state_dict(), "optimizer": opt.state_dict(),
+                                  "scheduler": sched.state_dict()})
+        if patience and state["stale"] >= patience:
+            break
+    bar.close()
+    if state["best_state"] is None:
+        raise TrainingError(f"{desc}: val/loss was not finite in any epoch; lower the learning rate or check "
+                            "the data for NaN/Inf")
+    model.load_state_dict(state["best_state"])
+    return state
+
+
+def keep_if_best(model, state: dict, val: float, epoch: int) -> None:
+    """Copy the weights when `val` beats the best so far; otherwise count a stale epoch."""
+    if val < state["best_val"]:
+        state.update(best_val=val, best_epoch=epoch, stale=0,
+                     best_state=copy.deepcopy({k: v.cpu() for k, v in model.state_dict().items()}))
+    else:
+        state["stale"] += 1
+
+
+def restore(model, opt, sched, state: dict, resume: dict, source: str) -> None:
+    """Load a resumable state; a file that lacks a key or holds another architecture's weights is a
+    one-line CheckpointError naming the key or the first mismatching shapes."""
+    missing = [k for k in RESUME_KEYS if k not in resume]
+    if missing:
+        raise CheckpointError(f"{source}: not a resumable checkpoint (no {missing[0]!r}); resume from the "
+                              "model/last.pt of a train run, or drop --input resume to start afresh")
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in resume["state_dict"].items()}
+    if want != got:
+        bad = sorted(set(want) ^ set(got)) or [k for k in want if want[k] != got[k]]
+        raise CheckpointError(f"{source}: weights are for another architecture (first mismatch: {bad[0]} "
+                              f"{got.get(bad[0])} in the file vs {want.get(bad[0])} in the model); resume "
+                              "with the model config it was trained with, or drop --input resume")
+    model.load_state_dict(resume["state_dict"])
+    opt.load_state_dict(resume["optimizer"])
+    sched.load_state_dict(resume["scheduler"])
+    state.update({k: resume[k] for k in RESUME_KEYS[3:]})
+    state.update(best_epoch=resume.get("best_epoch", 0), stale=resume.get("stale", 0))
+
+
+def optimizer_step(model, opt, sched, loss: torch.Tensor, grad_clip: float) -> None:
+    """One update: backprop, clip the global gradient norm, step the optimizer and the schedule."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    opt.step()
+    sched.step()
 
 
 @dataclass
@@ -31,81 +156,35 @@ class TrainConfig:
 
 @torch.no_grad()
 def evaluate(model, inputs, targets, batch_size: int, device) -> float:
+    """Mean unrolled MSE over all pairs (batches weighted by their size)."""
     model.eval()
     total = 0.0
     for i in range(0, len(inputs), batch_size):
-        x, y = inputs[i : i + batch_size].to(device), targets[i : i + batch_size].to(device)
-        total += float(unrolled_mse(model, x, y)) * len(x)
+        batch = {"u0": inputs[i : i + batch_size].to(device), "targets": targets[i : i + batch_size].to(device)}
+        total += float(LOSSES.get("unrolled_mse")(model, batch)) * len(batch["u0"])
     return total / max(len(inputs), 1)
 
 
-def train(
-    model: torch.nn.Module,
-    train_pairs: tuple[torch.Tensor, torch.Tensor],
-    val_pairs: tuple[torch.Tensor, torch.Tensor],
-    cfg: TrainConfig,
-    *,
-    device="cpu",
-    seed: int = 0,
-    log: Callable[[dict, int], None] = lambda metrics, step: None,
-    on_epoch: Callable[[int, float, dict], None] = lambda epoch, val, state: None,
-    resume: dict | None = None,
-    progress: bool = True,
-) -> dict:
-    """Pairs are normalized (inputs (M, C, *X), targets (M, K, C, *X)). Returns the final state:
-    {"best_val", "best_state", "epoch", ...}; `on_epoch` gets the resumable state after each epoch."""
-    torch.manual_seed(seed)
-    model.to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(train_pairs[0]) / cfg.batch_size)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps_per_epoch)
-    state = {"epoch": 0, "step": 0, "best_val": float("inf"), "best_state": None}
-    if resume is not None:
-        model.load_state_dict(resume["state_dict"])
-        opt.load_state_dict(resume["optimizer"])
-        sched.load_state_dict(resume["scheduler"])
-        state.update({k: resume[k] for k in ("epoch", "step", "best_val", "best_state")})
+def train(model: torch.nn.Module, train_pairs: tuple[torch.Tensor, torch.Tensor],
+          val_pairs: tuple[torch.Tensor, torch.Tensor], cfg: TrainConfig, *, device="cpu", seed: int = 0,
+          log: Callable[[dict, int], None] = lambda metrics, step: None,
+          on_epoch: Callable[[int, float, dict], None] = lambda epoch, val, state: None,
+          resume: str | Path | None = None, progress: bool = True) -> dict:
+    """The operator on normalized pairs (inputs (M, C, *X), targets (M, K, C, *X)). `resume` is the
+    path of a last.pt; `on_epoch(epoch, val/loss, resumable state)` is what writes one."""
     inputs, targets = train_pairs
-    bar = tqdm(total=cfg.epochs * steps_per_epoch, initial=state["step"], desc="train", disable=not progress)
-    for epoch in range(state["epoch"], cfg.epochs):
-        model.train()
+    loss = LOSSES.get("unrolled_mse")
+
+    def batches(epoch):
         # The shuffle depends on (seed, epoch) alone, so a run resumed at any epoch sees the same
         # batches as an uninterrupted one (one generator seeded once would restart its sequence).
         perm = torch.randperm(len(inputs), generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-        running, seen = 0.0, 0
-        for i in range(0, len(inputs), cfg.batch_size):
-            idx = perm[i : i + cfg.batch_size]
-            loss = unrolled_mse(model, inputs[idx].to(device), targets[idx].to(device))
-            optimizer_step(model, opt, sched, loss, cfg.grad_clip)
-            state["step"] += 1
-            running, seen = running + float(loss.detach()), seen + 1
-            if state["step"] % cfg.log_every == 0:
-                log({"train/loss": running / seen, "train/lr": sched.get_last_lr()[0]}, state["step"])
-                bar.set_postfix(loss=f"{running / seen:.2e}")
-                running, seen = 0.0, 0
-            bar.update(1)
-        val = evaluate(model, *val_pairs, cfg.batch_size, device)
-        log({"val/loss": val, "epoch": epoch + 1}, state["step"])
-        if val < state["best_val"]:
-            state["best_val"] = val
-            state["best_state"] = copy.deepcopy({k: v.cpu() for k, v in model.state_dict().items()})
-        state["epoch"] = epoch + 1
-        resumable = {
-            **state,
-            "state_dict": model.state_dict(),
-            "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(),
-        }
-        on_epoch(epoch + 1, val, resumable)
-    bar.close()
-    return state
+        for idx in perm.split(cfg.batch_size):
+            yield {"u0": inputs[idx].to(device), "targets": targets[idx].to(device)}
 
-
-def optimizer_step(model, opt, sched, loss: torch.Tensor, grad_clip: float) -> None:
-    """One update shared by every training loop: backprop, clip the global gradient norm, step the
-    optimizer and the per-step learning-rate schedule."""
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    opt.step()
-    sched.step()
+    task = Task(loss=lambda model, batch: loss(model, batch, cfg), batches=batches,
+                steps_per_epoch=math.ceil(len(inputs) / cfg.batch_size),
+                validate=lambda model: {"val/loss": evaluate(model, *val_pairs, cfg.batch_size, device)})
+    return fit(model, task, cfg, seed=seed, device=device, log=log, progress=progress, log_every=cfg.log_every,
+               on_epoch=lambda epoch, val, state: on_epoch(epoch, val["val/loss"], state),
+               resume=None if resume is None else checkpoint.read(resume), resume_source=str(resume))

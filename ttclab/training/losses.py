@@ -1,15 +1,124 @@
-"""Training losses for the operator. Pure tensor functions with shape contracts."""
+"""The loss registry: every training objective is one registered function
+
+    loss(model, batch: dict[str, Tensor], cfg, problem=None) -> Tensor | dict[str, Tensor]
+
+returning the scalar objective, or named terms with the objective under "loss" (each term is logged
+as train/<name>). `cfg` is the config section being trained (train, prm or trc); `problem` is the
+problem when the loss needs its physics (the controller's dynamics), else None. The operator trains
+on "unrolled_mse", the PRM on "triplet_margin", the controller on "trc_bc" or "trc_process"
+(TRCConfig.method). Adding a loss is one more registered function here:
+
+    @LOSSES.register("huber")
+    def huber(model, batch, cfg, problem=None):
+        return torch.nn.functional.huber_loss(model(batch["u0"]), batch["targets"][:, 0])
+"""
 
 from __future__ import annotations
 
 import torch
 
+from ..registry import Registry
 
-def unrolled_mse(model, u0: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """u0 (B, C, *X), targets (B, K, C, *X) -> scalar mean over K autoregressive steps of
+LOSSES: Registry = Registry("loss")
+
+
+@LOSSES.register("unrolled_mse")
+def unrolled_mse(model, batch: dict, cfg=None, problem=None) -> torch.Tensor:
+    """batch u0 (B, C, *X), targets (B, K, C, *X) -> mean over K autoregressive steps of
     MSE(model^k(u0), u_k). K = 1 is the one-step loss; K > 1 trains on the model's own rollouts."""
-    u, total = u0, 0.0
+    u, targets, total = batch["u0"], batch["targets"], 0.0
     for k in range(targets.shape[1]):
         u = model(u)
         total = total + torch.mean((u - targets[:, k]) ** 2)
     return total / targets.shape[1]
+
+
+def triplet_margin_loss(scores: torch.Tensor, margin: float) -> torch.Tensor:
+    """scores (M, 3) of (best, median, worst) candidates -> scalar mean hinge loss
+        L = mean_m [ relu(margin - (s_best - s_median)) + relu(margin - (s_median - s_worst)) ],
+    zero exactly when s_best >= s_median + margin and s_median >= s_worst + margin for every row."""
+    if scores.ndim != 2 or scores.shape[1] != 3:
+        raise ValueError(f"triplet scores must be (M, 3) ordered (best, median, worst), got {tuple(scores.shape)}")
+    gaps = scores[:, :2] - scores[:, 1:]  # (s_b - s_m, s_m - s_w)
+    return torch.relu(margin - gaps).sum(1).mean()
+
+
+@LOSSES.register("triplet_margin")
+def triplet_margin(model, batch: dict, cfg, problem=None) -> torch.Tensor:
+    """batch state (S, C, *X), cands (S, n, C, *X) the set scored together, triplet (S, 3) positions
+    of its best/median/worst, truth (S, C, *X)[, anchor]. Triplet margin loss on each set; for the
+    reference head plus ref_weight times the MSE of the reference r to the true next state, in units
+    of the candidate spread sigma (so the two terms have comparable scales whatever the noise)."""
+    scores, ref = model.score(batch["state"], batch["cands"], batch.get("anchor"))
+    loss = triplet_margin_loss(scores.gather(1, batch["triplet"]), cfg.margin)
+    if ref is not None and cfg.ref_weight > 0:
+        miss = (ref - batch["truth"]) / model.per_channel(model.dev_scale)
+        loss = loss + cfg.ref_weight * miss.square().mean()
+    return loss
+
+
+def bc_loss(final: torch.Tensor, teacher: torch.Tensor, u_max: float) -> torch.Tensor:
+    """final, teacher (B, T, m) -> scalar MSE of the controls in units of the bound (so in [0, 4])."""
+    return torch.mean(((final - teacher) / u_max) ** 2)
+
+
+def iterate_costs(problem, x0: torch.Tensor, target: torch.Tensor, controls: list[torch.Tensor]) -> torch.Tensor:
+    """The cost of every control sequence, rolled out through the differentiable dynamics in one
+    batch: x0, target (B, n), K+1 sequences (B, T, m) -> costs (B, K+1)."""
+    K1 = len(controls)
+    U = torch.cat(controls, dim=0)
+    x, g = x0.repeat(K1, 1), target.repeat(K1, 1)
+    return problem.cost(problem.rollout(x, U), U, g).view(K1, len(x0)).T
+
+
+def process_loss(costs: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """costs (B, K+1) >= 0; scale: a positive scalar or (B,) that must not depend on the model
+    (e.g. the teacher's costs) -> scalar
+
+        P = mean_b [ c_0 + sum_{k>=1} ( c_k + relu(c_k - c_{k-1}) ) ] / ((K+1) s).
+
+    Every iterate's cost counts and every refinement step that makes the cost go up is penalized
+    once more, so improvements c_{k-1} -> c_k are rewarded. The earlier system normalized by the
+    model's own c_0, so making the first guess worse lowered its loss. Here the scale comes from
+    the data, and the coefficient of each c_k is >= 0 wherever the loss is differentiable (c_0:
+    1 - [c_1 > c_0]; c_k: 1 + [c_k > c_{k-1}] - [c_{k+1} > c_k]), so P is non-decreasing in c_0: a
+    worse first guess never lowers it."""
+    K1 = costs.shape[1]
+    steps = costs[:, 1:] + torch.relu(costs[:, 1:] - costs[:, :-1])
+    total = costs[:, 0] + steps.sum(1)
+    return torch.mean(total / (K1 * scale.detach()))
+
+
+def value_loss(values: torch.Tensor, costs: torch.Tensor) -> torch.Tensor:
+    """values, costs (B, K+1) -> MSE between predicted and realized log(1 + cost). Costs are
+    detached: the value head learns to predict the cost, it does not steer the controls. The log
+    keeps the bad first guesses of early training from dominating."""
+    return torch.mean((values - torch.log1p(costs.detach())) ** 2)
+
+
+def _controller_terms(model, batch: dict, cfg, problem, process: bool) -> dict[str, torch.Tensor]:
+    """batch x0, target (B, n), controls (B, T, m) the teacher's, teacher_cost (B,) ->
+    {"loss": bc + process_weight * process + value_weight * value, and each term}."""
+    out = model(batch["x0"], batch["target"])
+    terms = {"bc": bc_loss(out.controls[-1], batch["controls"], problem.cfg.u_max)}
+    if process or cfg.value_weight > 0:
+        with torch.enable_grad() if process else torch.no_grad():
+            costs = iterate_costs(problem, batch["x0"], batch["target"], out.controls)
+        if process:
+            terms["process"] = process_loss(costs, batch["teacher_cost"].mean())
+        if cfg.value_weight > 0:
+            terms["value"] = value_loss(out.values, costs)
+    weights = {"bc": 1.0, "process": cfg.process_weight, "value": cfg.value_weight}
+    return {"loss": sum(weights[k] * v for k, v in terms.items()), **terms}
+
+
+@LOSSES.register("trc_bc")
+def trc_bc(model, batch: dict, cfg, problem) -> dict[str, torch.Tensor]:
+    """Behaviour cloning of the teacher's controls (plus the value probe)."""
+    return _controller_terms(model, batch, cfg, problem, process=False)
+
+
+@LOSSES.register("trc_process")
+def trc_process(model, batch: dict, cfg, problem) -> dict[str, torch.Tensor]:
+    """Behaviour cloning plus process supervision of every iterate's cost (plus the value probe)."""
+    return _controller_terms(model, batch, cfg, problem, process=True)

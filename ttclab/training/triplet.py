@@ -1,4 +1,4 @@
-"""PRM supervision: triplet selection from ranked candidates, the triplet margin loss, and training.
+"""PRM supervision: triplet selection from ranked candidates and training (loss: losses.triplet_margin).
 
 Data (one row per state, all tensors):
     state (S, C, *X)     current state, normalized with the operator's normalizer
@@ -12,16 +12,15 @@ step would score together), ranks the set by realized MSE and trains on its (bes
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
-from tqdm import tqdm
 
 from ..models.prm import PRM, PRMConfig
-from .loop import optimizer_step
+from .losses import LOSSES
+from .loop import Task, fit
 
 
 @dataclass
@@ -40,16 +39,6 @@ class TripletConfig:
             raise ValueError(f"states must be rollout or truth, got {self.states!r}")
         if self.k < 3 or self.stride < 1 or self.batch_size < 1:
             raise ValueError("need k >= 3 (best, median, worst), stride >= 1 and batch_size >= 1")
-
-
-def triplet_margin_loss(scores: torch.Tensor, margin: float) -> torch.Tensor:
-    """scores (M, 3) of (best, median, worst) candidates -> scalar mean hinge loss
-        L = mean_m [ relu(margin - (s_best - s_median)) + relu(margin - (s_median - s_worst)) ],
-    zero exactly when s_best >= s_median + margin and s_median >= s_worst + margin for every row."""
-    if scores.ndim != 2 or scores.shape[1] != 3:
-        raise ValueError(f"triplet scores must be (M, 3) ordered (best, median, worst), got {tuple(scores.shape)}")
-    gaps = scores[:, :2] - scores[:, 1:]  # (s_b - s_m, s_m - s_w)
-    return torch.relu(margin - gaps).sum(1).mean()
 
 
 def rank_triplet(mse: torch.Tensor) -> torch.Tensor:
@@ -73,18 +62,6 @@ def gather_candidates(cands: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return cands.gather(1, view)
 
 
-def batch_loss(model: PRM, batch: dict, subset, triplet, cfg: PRMConfig) -> torch.Tensor:
-    """Triplet margin loss on each state's set; for the reference head plus ref_weight times the
-    MSE of the reference r to the true next state, in units of the candidate spread sigma (so the
-    two terms have comparable scales whatever the noise level)."""
-    scores, ref = model.score(batch["state"], gather_candidates(batch["cands"], subset), batch.get("anchor"))
-    loss = triplet_margin_loss(scores.gather(1, triplet), cfg.margin)
-    if ref is not None and cfg.ref_weight > 0:
-        miss = (ref - batch["truth"]) / model.per_channel(model.dev_scale)
-        loss = loss + cfg.ref_weight * miss.square().mean()
-    return loss
-
-
 @torch.no_grad()
 def score_all(model: PRM, data: dict, cands: torch.Tensor | None = None, batch_size: int = 128,
               device="cpu") -> torch.Tensor:
@@ -104,71 +81,51 @@ def take(data: dict, idx, device) -> dict:
     return {k: v[idx].to(device) for k, v in data.items()}
 
 
+def set_batch(rows: dict, subset: torch.Tensor, triplet: torch.Tensor) -> dict:
+    """Rows of a data dict -> a triplet_margin batch: each state's drawn set of candidates
+    (S, n, C, *X) and the positions (S, 3) of its best, median and worst within the set."""
+    batch = {k: rows[k] for k in ("state", "truth", "anchor") if k in rows}
+    return {**batch, "cands": gather_candidates(rows["cands"], subset), "triplet": triplet}
+
+
 @torch.no_grad()
 def evaluate(model: PRM, data: dict, sets: tuple, cfg: PRMConfig, device) -> float:
     """Mean training objective over fixed validation sets (the same draw every epoch)."""
     model.eval()
     subset, triplet = sets
-    total = 0.0
+    loss, total = LOSSES.get("triplet_margin"), 0.0
     for i in range(0, len(subset), cfg.batch_size):
         sl = slice(i, i + cfg.batch_size)
-        loss = batch_loss(model, take(data, sl, device), subset[sl].to(device), triplet[sl].to(device), cfg)
-        total += float(loss) * len(subset[sl])
+        batch = set_batch(take(data, sl, device), subset[sl].to(device), triplet[sl].to(device))
+        total += float(loss(model, batch, cfg)) * len(subset[sl])
     return total / max(len(subset), 1)
 
 
-def train(
-    model: PRM,
-    train_data: dict,
-    val_data: dict,
-    cfg: PRMConfig,
-    *,
-    device="cpu",
-    log: Callable[[dict, int], None] = lambda metrics, step: None,
-    on_epoch: Callable[[int, float], None] = lambda epoch, val: None,
-    progress: bool = True,
-) -> dict:
-    """Fit `model` on {state, cands, mse, truth[, anchor]} (module docstring) with AdamW and a cosine
-    schedule; validate each epoch on fixed random sets of the held-out states; keep the best weights
-    (loaded into `model` at the end). -> {best_val, best_epoch, best_state, step}."""
+def train(model: PRM, train_data: dict, val_data: dict, cfg: PRMConfig, *, device="cpu",
+          log: Callable[[dict, int], None] = lambda metrics, step: None,
+          on_epoch: Callable[[int, dict, dict], None] = lambda epoch, val, state: None,
+          progress: bool = True) -> dict:
+    """Fit `model` on {state, cands, mse, truth[, anchor]} (module docstring) with the shared loop;
+    validate each epoch on fixed random sets of the held-out states; the best weights (epoch 0, the
+    untrained anchor, included) end up in `model`. -> {best_val, best_epoch, best_state, step, ...}."""
     gen = torch.Generator().manual_seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
     model.to(device)
     n = len(train_data["state"])
     sample = take(train_data, torch.randperm(n, generator=gen)[: 8 * cfg.batch_size], "cpu")
     model.fit_scale(sample["state"], sample["cands"], sample.get("anchor"))
     val_sets = draw_sets(val_data["mse"], cfg.set_size, torch.Generator().manual_seed(cfg.seed + 1))
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(n / cfg.batch_size)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps_per_epoch)
-    # Epoch 0 competes too: for the reference head it is the anchor alone (zero correction), so the
-    # kept weights are never worse on validation than the untrained anchor.
-    val = evaluate(model, val_data, val_sets, cfg, device)
-    log({"val/loss": val, "epoch": 0}, 0)
-    state = {"step": 0, "best_val": val, "best_epoch": 0,
-             "best_state": copy.deepcopy({k: v.cpu() for k, v in model.state_dict().items()})}
-    bar = tqdm(total=cfg.epochs * steps_per_epoch, desc="train_prm", disable=not progress)
-    for epoch in range(cfg.epochs):
-        model.train()
+    loss = LOSSES.get("triplet_margin")
+
+    def batches(epoch):
         perm = torch.randperm(n, generator=gen)
         subset, triplet = draw_sets(train_data["mse"], cfg.set_size, gen)  # fresh sets every epoch
-        running = 0.0
-        for i in range(0, n, cfg.batch_size):
-            idx = perm[i : i + cfg.batch_size]
-            batch = take(train_data, idx, device)
-            loss = batch_loss(model, batch, subset[idx].to(device), triplet[idx].to(device), cfg)
-            optimizer_step(model, opt, sched, loss, cfg.grad_clip)
-            state["step"] += 1
-            running += float(loss.detach())
-            bar.update(1)
-        train_loss = running / steps_per_epoch
-        val = evaluate(model, val_data, val_sets, cfg, device)
-        bar.set_postfix(train=f"{train_loss:.3f}", val=f"{val:.3f}")
-        log({"train/loss": train_loss, "val/loss": val, "epoch": epoch + 1}, state["step"])
-        if val < state["best_val"]:
-            state.update(best_val=val, best_epoch=epoch + 1,
-                         best_state=copy.deepcopy({k: v.cpu() for k, v in model.state_dict().items()}))
-        on_epoch(epoch + 1, val)
-    bar.close()
-    model.load_state_dict(state["best_state"])
-    return state
+        for idx in perm.split(cfg.batch_size):
+            yield set_batch(take(train_data, idx, device), subset[idx].to(device), triplet[idx].to(device))
+
+    task = Task(loss=lambda model, batch: loss(model, batch, cfg), batches=batches,
+                steps_per_epoch=math.ceil(n / cfg.batch_size),
+                validate=lambda model: {"val/loss": evaluate(model, val_data, val_sets, cfg, device)})
+    # Epoch 0 competes too: for the reference head it is the anchor alone (zero correction), so the
+    # kept weights are never worse on validation than the untrained anchor.
+    return fit(model, task, cfg, seed=cfg.seed, device=device, log=log, on_epoch=on_epoch, progress=progress,
+               desc="train_prm", validate_first=True)
