@@ -11,7 +11,7 @@ from ttclab.models.trc import PRESETS, TRCModelConfig
 from ttclab.problems import make_problem
 from ttclab.problems.control.double_integrator import DoubleIntegratorConfig
 from ttclab.problems.control.vanderpol import VanDerPolConfig
-from ttclab.training.losses import iterate_costs, process_loss
+from ttclab.training.losses import LOSSES, iterate_costs, process_loss
 from ttclab.training.trc import TRCConfig, fit, validate_controller, with_teacher_cost
 
 
@@ -128,6 +128,22 @@ def test_gradient_truncation_keeps_the_forward_and_shrinks_the_graph():
     assert [u.requires_grad for u in cut.controls] == [True, False, False, True]
     assert graph_size(cut.controls[-1]) < 0.6 * graph_size(full.controls[-1])
 
+
+@pytest.mark.parametrize("variant", ["two_level", "single"])
+@pytest.mark.parametrize("grad_last_only", [False, True])
+def test_behaviour_cloning_gradient_reaches_every_parameter(variant, grad_last_only):
+    """Every parameter shapes a reported metric (the first guess and each refinement are reported,
+    the value head is the value probe), so each must receive a gradient from the training loss. With
+    grad_last_only the truncated cycles used to cut the first-guess decoder and z_L0 off."""
+    problem, x0, target = problems(8, cfg=DoubleIntegratorConfig)
+    teacher, _ = problem.teacher(x0, target)
+    batch = {"x0": x0.float(), "target": target.float(), "controls": teacher.float()}
+    torch.manual_seed(0)
+    model = make_model(TRCModelConfig(latent=16, layers=1, H_cycles=3, L_cycles=2, variant=variant,
+                                      grad_last_only=grad_last_only), **problem.dims)
+    LOSSES.get("trc_bc")(model, batch, TRCConfig(), problem)["loss"].backward()
+    silent = [name for name, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert silent == []
 
 def test_process_term_is_not_lowered_by_a_worse_first_guess():
     torch.manual_seed(0)
