@@ -12,6 +12,7 @@ from ..config import ConfigError, build
 from ..data.datasets import Normalizer
 from ..errors import UserError
 from ..problems import PROBLEMS, make_problem
+from ..problems.base import physics_mismatch
 from . import MODELS, OperatorError, make_operator
 
 FORMAT = "ttclab.operator/1"
@@ -62,15 +63,19 @@ def read(path: str | Path, fmt: str = FORMAT, fix: str = "train one with `ttclab
     return blob
 
 
-def load_operator(path: str | Path, expect_problem: str | None = None, device="cpu"):
+def load_operator(path: str | Path, expect_problem=None, device="cpu"):
     """-> (model in eval mode, Normalizer, problem). Checks that the checkpoint's problem and weight
-    shapes match before loading, so a wrong checkpoint fails with a message, not a size mismatch."""
+    shapes match before loading, so a wrong checkpoint fails with a message, not a size mismatch.
+    `expect_problem` is a problem type name, or the project's problem config: then the checkpoint's
+    physics (grid, domain, gamma/nu) must equal the project's too, so the physics a stage computes
+    with is the physics its run logs."""
     blob = read(path)
     pcfg_d, mcfg_d = blob["problem"], blob["model"]
-    if expect_problem is not None and pcfg_d.get("type") != expect_problem:
+    expect_type = getattr(expect_problem, "type", expect_problem)
+    if expect_type is not None and pcfg_d.get("type") != expect_type:
         raise CheckpointError(
-            f"{path}: checkpoint is for problem {pcfg_d.get('type')!r}, not {expect_problem!r}; "
-            f"pass an operator trained on {expect_problem}"
+            f"{path}: checkpoint is for problem {pcfg_d.get('type')!r}, not {expect_type!r}; "
+            f"pass an operator trained on {expect_type}"
         )
     try:
         problem = make_problem(build(PROBLEMS.get(pcfg_d["type"]).Config, pcfg_d, str(path), "problem"))
@@ -86,6 +91,22 @@ def load_operator(path: str | Path, expect_problem: str | None = None, device="c
             f"{path}: weights do not match a {mcfg_d['type']} with the stored config (first mismatch: "
             f"{bad[0]} {got.get(bad[0])} vs {want.get(bad[0])}); the file is corrupt or from another version"
         )
+    if not isinstance(expect_problem, (str, type(None))):
+        check_physics(path, problem, make_problem(expect_problem))
     model.load_state_dict(blob["state_dict"])
     normalizer = Normalizer(blob["norm_mean"], blob["norm_std"])
     return model.to(device).eval(), normalizer.to(device), problem
+
+
+def check_physics(path, stored, project) -> None:
+    """Refuse a checkpoint trained under other physics than the project states (one line, both values)."""
+    wrong = physics_mismatch(stored, project)
+    if wrong:
+        diffs = ", ".join(f"{k}={v} (project: {w})" for k, v, w in wrong)
+        sets = " ".join(f"--set problem.{k}={_cli(v)}" for k, v, _ in wrong)
+        raise CheckpointError(f"{path}: operator was trained with {diffs}; run with {sets} or train an operator "
+                              f"for this project")
+
+
+def _cli(value) -> str:
+    return "[" + ",".join(str(v) for v in value) + "]" if isinstance(value, (list, tuple)) else str(value)

@@ -115,6 +115,13 @@ class PDEProblem:
         return u
 
 
+def physics_mismatch(have: PDEProblem, want: PDEProblem) -> list[tuple[str, object, object]]:
+    """(key, have, want) for every `physics()` value on which two problems differ: an operator
+    trained under one set of physics must not silently run under another."""
+    a, b = have.physics(), want.physics()
+    return [(k, a[k], b.get(k)) for k in a if not np.allclose(a[k], b.get(k, np.nan), rtol=1e-9, atol=0)]
+
+
 def validate_domain(domain) -> None:
     if len(domain) != 2 or not domain[1] > domain[0]:
         raise ValueError(f"domain must be [lo, hi] with hi > lo, got {list(domain)}")

@@ -62,7 +62,7 @@ def build_prm(cfg, ctx, run):
     tc = cfg.triplets
     problem = make_problem(cfg.problem)
     data = SplitData(data_path(cfg, ctx), problem, cfg.data)
-    model, norm, _ = checkpoint.load_operator(operator_path(cfg, ctx), problem.name, ctx.device)
+    model, norm, _ = checkpoint.load_operator(operator_path(cfg, ctx), cfg.problem, ctx.device)
     ndim = problem.ndim
     traj = data["train"]
     n_ic = max(2, round(tc.fraction * len(traj)))

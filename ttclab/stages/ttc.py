@@ -92,7 +92,7 @@ class Rollouts:
 
 def _load(cfg, ctx) -> Rollouts:
     op_path, d_path = operator_path(cfg, ctx), data_path(cfg, ctx)
-    model, normalizer, problem = load_operator(op_path, cfg.problem.type, ctx.device)
+    model, normalizer, problem = load_operator(op_path, cfg.problem, ctx.device)  # refuses other physics
     truth = SplitData(d_path, problem, cfg.data)[cfg.ttc.split][: cfg.ttc.n_ics or None].to(ctx.device)
     memo = (str(op_path), str(d_path), comparison_key(cfg), str(ctx.device))
     return Rollouts(cfg, ctx, model, normalizer, problem, truth, memo)
