@@ -6,6 +6,8 @@ import csv
 import io
 import math
 
+from test_stages import assert_reads_match_declaration, record_inputs
+
 from ttclab.stages import Context
 from ttclab.tracking.store import Tracker
 
@@ -17,7 +19,11 @@ def test_demo_runs_every_stage_and_compares_every_selector(tmp_path, monkeypatch
     cfg = tiny_project("euler1d", "data.n_trajectories=16", "train.epochs=1", "triplets.k=4",
                        "triplets.fraction=0.5", "prm.width=8", "prm.layers=2", "prm.epochs=1", "prm.set_size=3",
                        "ttc.branching=3")
+    needed, read = record_inputs(monkeypatch)
     demo_id, out = Context(tracker, progress=False).run("demo", cfg)
+    # Each stage read through ctx.input exactly the inputs its declaration says this config needs.
+    assert set(needed) == {"generate", "train", "build_prm", "train_prm", "ttc", "compare", "demo"}
+    assert_reads_match_declaration(needed, read)
 
     exp = tracker.client.get_experiment_by_name("ttclab/euler1d")
     runs = tracker.client.search_runs([exp.experiment_id])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from test_stages import assert_reads_match_declaration, record_inputs
+
 from ttclab.project import load_project
 from ttclab.stages import Context
 from ttclab.tracking.store import Tracker
@@ -16,6 +18,7 @@ def test_trc_stage_logs_metrics_tags_figures_and_checkpoint(tmp_path, monkeypatc
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     tracker = Tracker("sqlite:///" + str(tmp_path / "m.db"))
     ctx = Context(tracker, progress=False)
+    needed, read = record_inputs(monkeypatch)
     runs = {}
     for method, weight in (("bc", 0.0), ("ps", 1.0)):
         cfg = load_project("projects/double_integrator.yaml", TINY + [f"trc.process_weight={weight}"])
@@ -25,6 +28,8 @@ def test_trc_stage_logs_metrics_tags_figures_and_checkpoint(tmp_path, monkeypatc
     exp = tracker.client.get_experiment_by_name("ttclab/double_integrator")
     stages = [r.data.tags["ttclab.stage"] for r in tracker.client.search_runs([exp.experiment_id])]
     assert sorted(stages) == ["trc", "trc", "trc_data"]  # the data (and teacher solve) made once
+    assert_reads_match_declaration(needed, read)
+    assert read == {"trc": {"data"}}
     for method, run_id in runs.items():
         run = tracker.client.get_run(run_id)
         assert run.info.status == "FINISHED"
