@@ -6,29 +6,84 @@ runs as one MLflow run. Bad input ends with a one-line error naming the file and
 
 from __future__ import annotations
 
+import errno
+import sqlite3
 import sys
+from contextlib import contextmanager
 
 import click
 
 from .config import ConfigError
-from .data.pdebench import DataError
-from .models.checkpoint import CheckpointError
+from .errors import UserError
+from .process import Terminated, raise_on_sigterm
 
-USER_ERRORS = (ConfigError, DataError, CheckpointError, KeyError, FileNotFoundError, ValueError)
+# Writes that fail for a reason the user fixes outside ttclab: errno -> what to do.
+DISK_FIXES = {
+    errno.ENOSPC: "free disk space there, or point TTCLAB_HOME / MLFLOW_TRACKING_URI at another disk",
+    errno.EROFS: "the file system is read-only; point TTCLAB_HOME / MLFLOW_TRACKING_URI at a writable folder",
+    errno.EACCES: "no permission to write there; fix its permissions or point TTCLAB_HOME / MLFLOW_TRACKING_URI "
+                  "at a folder you own",
+}
+SQLITE_FIXES = {"readonly": errno.EROFS, "disk is full": errno.ENOSPC, "unable to open database": errno.EACCES}
 
 
-def _fail(err: Exception) -> None:
-    msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
-    click.echo(f"error: {msg}", err=True)
+def _debug() -> bool:
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx and (ctx.find_root().obj or {}).get("debug"))
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
     sys.exit(2)
 
 
-def _parse_inputs(items: tuple[str, ...]) -> dict[str, str]:
+def _disk_error(err: BaseException) -> str | None:
+    """The one-line message for a write that failed on a full, read-only or forbidden disk or
+    SQLite store, found anywhere in the exception's chain (MLflow wraps the sqlite3 error)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in DISK_FIXES:
+            return f"{err.filename or 'a write'}: {err.strerror}; {DISK_FIXES[err.errno]}"
+        if isinstance(err, sqlite3.OperationalError):
+            for text, code in SQLITE_FIXES.items():
+                if text in str(err):
+                    from .tracking.store import default_tracking_uri
+
+                    return f"tracking store {default_tracking_uri()}: {err}; {DISK_FIXES[code]}"
+        err = err.__cause__ or err.__context__
+    return None
+
+
+@contextmanager
+def reported():
+    """UserError -> `error: <one line>` and exit 2 (with --debug: the traceback); a disk that is full,
+    read-only or not ours -> the same; every other exception is a bug and keeps its traceback."""
+    try:
+        yield
+    except UserError as err:
+        if _debug():
+            raise
+        _fail(str(err))
+    except Exception as err:
+        message = _disk_error(err)
+        if message is None or _debug():
+            raise
+        _fail(message)
+
+
+def _parse_inputs(stage: str, items: tuple[str, ...]) -> dict[str, str]:
+    from .stages import input_names
+
+    valid = input_names(stage)
     out = {}
     for item in items:
         name, sep, uri = item.partition("=")
         if not sep:
-            raise ConfigError(f"--input {item!r}: expected STAGE=URI, e.g. --input operator=runs:/<id>/model/operator.pt")
+            raise ConfigError(f"--input {item!r}: expected NAME=URI, e.g. --input operator=runs:/<id>/model/operator.pt")
+        if name not in valid:
+            raise ConfigError(f"--input {name}=...: stage {stage!r} takes no input {name!r}; valid: "
+                              f"{', '.join(valid) or 'none'}")
         if uri:  # an empty URI (an unset MLproject parameter) means get-or-run
             out[name] = uri
     return out
@@ -40,16 +95,16 @@ def run_stage(name: str, project: str, overrides, device: str, seed, inputs, qui
     from .tracking.store import Tracker
 
     sets = list(overrides) + ([f"seed={seed}"] if seed is not None else [])
-    try:
-        cfg = load_project(project, sets)
-        ctx = Context(Tracker(tracking_uri), resolve_device(device), progress=not quiet, inputs=_parse_inputs(inputs))
-        set_threads()
-        run_id, outputs = ctx.run(name, cfg)
-    except USER_ERRORS as err:
-        _fail(err)
-    except KeyboardInterrupt:
-        click.echo("interrupted: the run was marked KILLED", err=True)
-        sys.exit(130)
+    with reported():
+        try:
+            given = _parse_inputs(name, inputs)
+            cfg = load_project(project, sets)
+            ctx = Context(Tracker(tracking_uri), resolve_device(device), progress=not quiet, inputs=given)
+            set_threads()
+            run_id, outputs = ctx.run(name, cfg)
+        except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM as Terminated
+            click.echo("interrupted: the run was marked KILLED", err=True)
+            sys.exit(getattr(err, "exit_code", 130))
     click.echo(f"[ttclab] {name} run {run_id} finished (experiment ttclab/{cfg.name})")
     return outputs
 
@@ -61,7 +116,7 @@ def stage_command(name: str, help_text: str) -> click.Command:
                   help="Dotted config override, e.g. --set train.epochs=3 (repeatable).")
     @click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]), show_default=True)
     @click.option("--seed", type=int, default=None, help="Overrides the project's seed.")
-    @click.option("--input", "inputs", multiple=True, metavar="STAGE=URI",
+    @click.option("--input", "inputs", multiple=True, metavar="NAME=URI",
                   help="Use this upstream result instead of get-or-run, e.g. operator=runs:/<id>/model/operator.pt, "
                        "resume=<checkpoint> (runs:/, models:/ or a path).")
     @click.option("--overrides", "joined", default="", metavar="'K=V K=V'",
@@ -74,8 +129,12 @@ def stage_command(name: str, help_text: str) -> click.Command:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-def main():
+@click.option("--debug", is_flag=True, help="Show the traceback of input errors too (e.g. ttclab --debug train ...).")
+@click.pass_context
+def main(ctx, debug):
     """ttclab: test-time computing on learned PDE simulators, tracked in MLflow."""
+    ctx.obj = {"debug": debug}
+    raise_on_sigterm()  # `kill`, `timeout` and schedulers end a run KILLED (exit 143), like Ctrl-C
 
 
 def _register_stages():
@@ -96,11 +155,11 @@ def ui(project, port):
     if project:
         from .project import load_project
 
-        try:
+        with reported():
             name = load_project(project).name
-        except ConfigError as err:
-            _fail(err)
-    serve_ui(port, name)
+    with reported():
+        code = serve_ui(port, name)
+    sys.exit(code)
 
 
 @main.command()
@@ -122,14 +181,13 @@ def sweep(spec, workers, n_trials, storage, resume, device, quiet):
     from .sweep import run_sweep
 
     set_threads()
-    try:
-        summary = run_sweep(spec, workers=workers, n_trials=n_trials or None, storage=storage, fresh=not resume,
-                            device=device, quiet=quiet)
-    except USER_ERRORS as err:
-        _fail(err)
-    except KeyboardInterrupt:
-        click.echo("interrupted: running trials were marked failed and will be retried on resume", err=True)
-        sys.exit(130)
+    with reported():
+        try:
+            summary = run_sweep(spec, workers=workers, n_trials=n_trials or None, storage=storage, fresh=not resume,
+                                device=device, quiet=quiet)
+        except KeyboardInterrupt as err:
+            click.echo("interrupted: running trials were marked failed and will be retried on resume", err=True)
+            sys.exit(getattr(err, "exit_code", 130))
     if summary and quiet:
         best = summary["best"]
         click.echo(f"[ttclab] sweep {summary['study']}: best trial {best['number']} {best['values']} {best['params']}")

@@ -7,6 +7,8 @@ typo never silently falls back to a default.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -21,12 +23,47 @@ class ConfigError(UserError, ValueError):
     """A bad config value; the message names the source, the key and the fix."""
 
 
+class DuplicateKey(yaml.YAMLError):
+    def __init__(self, key, line: int, first: int):
+        super().__init__(f"duplicate key {key!r} (first at line {first}); keep one of them")
+        self.line = line
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a mapping with a repeated key: plain YAML keeps the last value, so
+    `epochs: 2` followed later by `epochs: 30` would silently train 30 epochs."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            first: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    if key in first:
+                        raise DuplicateKey(key, line, first[key])
+                    first[key] = line
+                except TypeError:  # an unhashable key: SafeLoader's own error names it
+                    break
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text: str):
+    return yaml.load(text, Loader=UniqueKeyLoader)
+
+
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such file")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.start}); save it as a UTF-8 YAML file") from None
+    except DuplicateKey as err:
+        raise ConfigError(f"{path}: line {err.line}: {err}") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -37,6 +74,17 @@ def read_yaml(path: str | Path) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     return data
+
+
+NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def check_name(value: str, key: str, source: str) -> str:
+    """Project and sweep names become MLflow experiment names, tag values in search filters and
+    file names, so they are restricted to letters, digits, `_`, `.` and `-`."""
+    if not NAME.fullmatch(value):
+        raise ConfigError(f"{source}: {key}={value!r}: use only letters, digits, '_', '.' and '-', e.g. euler1d-small")
+    return value
 
 
 def deep_merge(base: dict, over: dict) -> dict:
@@ -55,7 +103,9 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. --set train.epochs=3")
     key, value = text.split("=", 1)
     try:
-        parsed = yaml.safe_load(value)
+        parsed = load_yaml(value)
+    except DuplicateKey as err:
+        raise ConfigError(f"override {text!r}: {err}") from None
     except yaml.YAMLError:
         parsed = value
     # YAML 1.1 reads 1e-3 as a string; numbers written that way are meant as floats.
@@ -82,7 +132,9 @@ def _is_dataclass_type(tp: Any) -> bool:
     return isinstance(tp, type) and dataclasses.is_dataclass(tp)
 
 
-def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
+def _coerce(value: Any, tp: Any, key: str, source: str, finite: bool = True) -> Any:
+    """`value` checked and converted to type `tp`. Numbers must be finite unless the field says
+    `metadata={"finite": False}`: every `validate()` compares (`x < 0`), and NaN compares false."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if tp is Any:
@@ -93,7 +145,7 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
         errors = []
         for arg in (a for a in args if a is not type(None)):
             try:
-                return _coerce(value, arg, key, source)
+                return _coerce(value, arg, key, source, finite)
             except ConfigError as err:
                 errors.append(str(err))
         raise ConfigError(errors[-1])
@@ -109,7 +161,7 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{source}: {key}={value!r} must be a list")
         inner = args[0] if args else Any
-        items = [_coerce(v, inner, f"{key}[{i}]", source) for i, v in enumerate(value)]
+        items = [_coerce(v, inner, f"{key}[{i}]", source, finite) for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
     if origin is dict:
         if not isinstance(value, dict):
@@ -119,8 +171,11 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
         if not isinstance(value, bool):
             raise ConfigError(f"{source}: {key}={value!r} must be true or false")
         return value
+    if tp in (int, float) and isinstance(value, float) and finite and not math.isfinite(value):
+        raise ConfigError(f"{source}: {key}={value!r} must be a finite number")
     if tp is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or int(value) != value:
             raise ConfigError(f"{source}: {key}={value!r} must be an integer")
         return int(value)
     if tp is float:
@@ -148,7 +203,7 @@ def build(cls: type, data: dict, source: str = "<config>", prefix: str = "") -> 
     kwargs = {}
     for name, value in data.items():
         key = f"{prefix}.{name}" if prefix else name
-        kwargs[name] = _coerce(value, hints[name], key, source)
+        kwargs[name] = _coerce(value, hints[name], key, source, fields[name].metadata.get("finite", True))
     try:
         obj = cls(**kwargs)
     except TypeError as err:

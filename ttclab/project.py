@@ -20,11 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, build, deep_merge, flatten, parse_override, read_yaml, set_dotted, to_dict
+from .config import ConfigError, build, check_name, deep_merge, flatten, parse_override, read_yaml, set_dotted, to_dict
 from .data.datasets import DataConfig
 from .models import MODELS
 from .models.prm import PRMConfig
 from .problems import PROBLEMS
+from .registry import UnknownName
 from .rewards.arm import ARMConfig
 from .sampling import SamplingConfig
 from .ttc.search import TTCConfig
@@ -84,10 +85,11 @@ def build_project(raw: dict, source: str) -> ProjectConfig:
             raise ConfigError(f"{source}: section `{name}` needs a `type`; valid: {', '.join(registry.names())}")
         try:
             cls = registry.get(section["type"]).Config
-        except KeyError as err:
-            raise ConfigError(f"{source}: {name}.type: {err.args[0]}") from None
+        except UnknownName as err:
+            raise ConfigError(f"{source}: {name}.type: {err}") from None
         sections[name] = build(cls, section, source, prefix=name)
     project = build(ProjectConfig, raw, source)
+    check_name(project.name, "name", source)
     return dataclasses.replace(project, **sections)
 
 

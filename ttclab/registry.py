@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from typing import Callable, Generic, TypeVar
 
+from .errors import UserError
+
 T = TypeVar("T")
+
+
+class UnknownName(UserError, KeyError):
+    """A name no part is registered under; a KeyError too, so `except KeyError` callers still work."""
+
+    def __str__(self) -> str:  # KeyError would show the message in quotes
+        return str(self.args[0])
 
 
 class Registry(Generic[T]):
@@ -23,7 +32,7 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T:
         if name not in self._items:
-            raise KeyError(f"unknown {self.kind} {name!r}; valid: {', '.join(sorted(self._items))}")
+            raise UnknownName(f"unknown {self.kind} {name!r}; valid: {', '.join(sorted(self._items))}")
         return self._items[name]
 
     def names(self) -> list[str]:

@@ -3,19 +3,18 @@
 Kept apart from worker.py so the package import does not load the module `-m` is about to run.
 """
 
-import json
 import sys
 
-from ..config import ConfigError
+from ..errors import UserError
 from ..stages import set_threads
-from .worker import WorkerJob, work
+from .worker import job_from_process, work
 
 
 def main(argv: list[str]) -> int:
     set_threads()
     try:
-        work(WorkerJob(**json.loads(argv[0])))
-    except ConfigError as err:
+        work(job_from_process(argv[0]))
+    except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -20,7 +20,8 @@ from ..tracking.store import Tracker
 from .report import finalize
 from .spec import SweepSpec, load_spec
 from .study import StaleTrialHandler, open_storage, open_study, recover_stale, storage_label, used
-from .worker import FINISHED, WorkerJob, job_json, progress_line, work
+from .worker import FINISHED, WorkerJob, job_process, progress_line, work
+
 
 def shared_upstream(spec: SweepSpec, cfg) -> list[str]:
     """The upstream stages of spec.stage (from the stage declarations) that no swept key changes, in
@@ -92,8 +93,10 @@ def _run_workers(spec: SweepSpec, job: WorkerJob, workers: int, study, store, ha
     recovers the trial of a worker that dies, so a surviving worker retries it."""
     cores = len(os.sched_getaffinity(0))
     env = {**os.environ, "TTCLAB_THREADS": str(max(1, cores // workers))}
-    procs = [subprocess.Popen([sys.executable, "-m", "ttclab.sweep", job_json(replace(job, index=i))], env=env)
-             for i in range(workers)]
+    procs = []
+    for i in range(workers):
+        argv, secrets = job_process(replace(job, index=i))
+        procs.append(subprocess.Popen([sys.executable, "-m", "ttclab.sweep", argv], env={**env, **secrets}))
     shown = {t.number for t in study.get_trials(deepcopy=False, states=FINISHED)}
     exits: dict[int, int] = {}
     try:

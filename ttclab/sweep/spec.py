@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError, build, read_yaml
+from ..config import ConfigError, build, check_name, read_yaml
 from ..project import ProjectConfig, load_project
 from ..stages import STAGES
 
@@ -182,6 +182,7 @@ def load_spec(path: str | Path) -> SweepSpec:
     space = raw.pop("space")
     spec = build(SweepSpec, raw, source)
     spec.source = source
+    check_name(spec.name, "name", source)
     for key, value in space.items():
         if not isinstance(value, dict):
             _fail(source, f"space.{key}", "must be a mapping, e.g. {type: float, low: 0.0, high: 1.0}")

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import socket
 import warnings
 from pathlib import Path
 
 import optuna
+import sqlalchemy
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock, JournalStorage
 from optuna.trial import TrialState
@@ -46,8 +48,50 @@ def is_rdb(uri: str | None) -> bool:
     return uri is not None and "://" in uri
 
 
+def redact(uri: str) -> str:
+    """`postgresql://user:secret@host/db` -> `postgresql://user:***@host/db`: what is printed, logged
+    and tagged. Textual, so it also hides the password of a URL SQLAlchemy cannot parse."""
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", uri)
+
+
 def storage_label(spec: SweepSpec, uri: str | None) -> str:
-    return uri if is_rdb(uri) else str(Path(uri) if uri else journal_path(spec.name))
+    return redact(uri) if is_rdb(uri) else str(Path(uri) if uri else journal_path(spec.name))
+
+
+def _storage_error(uri: str, problem: str, fix: str) -> ConfigError:
+    return ConfigError(f"--storage {redact(uri)}: {problem}; {fix}")
+
+
+def _check_folder(uri: str, path: Path) -> None:
+    """The storage file's folder must exist (a typo must not create a new study elsewhere) and the
+    path must not be a folder itself."""
+    if path.is_dir():
+        raise _storage_error(uri, "is a directory", "name a file in it, e.g. --storage <dir>/study.journal.log")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise _storage_error(uri, f"{parent} is a file, not a directory", "put the storage file in a directory")
+            if parent != path.parent:
+                raise _storage_error(uri, f"directory {path.parent} does not exist", "create it or fix the path")
+            return
+
+
+def _rdb(uri: str, handler: "StaleTrialHandler") -> RDBStorage:
+    try:
+        url = sqlalchemy.engine.make_url(uri)
+    except (sqlalchemy.exc.ArgumentError, ValueError) as err:
+        raise _storage_error(uri, f"not a valid database URL ({err})",
+                             "use e.g. postgresql+psycopg2://user:password@host:5432/db") from None
+    if url.get_backend_name() == "sqlite" and url.database:
+        _check_folder(uri, Path(url.database))
+    try:
+        return RDBStorage(uri, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                          heartbeat_stale_trial_callback=handler)
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as err:
+        first = redact(str(getattr(err, "orig", None) or err).strip().splitlines()[0])
+        raise _storage_error(uri, f"cannot open it ({type(err).__name__}: {first})",
+                             "check the URL, that the server is running and reachable, and that its driver is "
+                             "installed") from None
 
 
 class StaleTrialHandler:
@@ -69,8 +113,9 @@ class StaleTrialHandler:
 
 def open_storage(spec: SweepSpec, uri: str | None, handler: StaleTrialHandler):
     if is_rdb(uri):
-        return RDBStorage(uri, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                          heartbeat_stale_trial_callback=handler)
+        return _rdb(uri, handler)
+    if uri:
+        _check_folder(uri, Path(uri))
     path = Path(uri) if uri else journal_path(spec.name)
     path.parent.mkdir(parents=True, exist_ok=True)
     # The open(O_EXCL) lock works on local disks and NFSv3+; a lock left by a killed writer is

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+import os
+from dataclasses import asdict, dataclass, replace
 from fnmatch import fnmatch
 from typing import Callable
 
@@ -24,6 +25,9 @@ from .study import BudgetLock, StaleTrialHandler, open_storage, open_study, reco
 
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+# A worker process gets the store URLs (which may hold passwords) in its environment: its command
+# line is readable by every user of the machine (`ps`), its environment only by the same user.
+SECRET_ENV = {"storage": "TTCLAB_SWEEP_STORAGE", "tracking_uri": "TTCLAB_SWEEP_TRACKING_URI"}
 
 
 class TrialFailed(Exception):
@@ -34,7 +38,7 @@ class TrialFailed(Exception):
 class WorkerJob:
     spec: str  # spec file path
     storage: str | None
-    tracking_uri: str
+    tracking_uri: str | None
     parent_run: str
     n_trials: int
     device: str = "auto"
@@ -150,6 +154,14 @@ def _trial(study: optuna.Study, number: int):
     return next(t for t in study.get_trials(deepcopy=False) if t.number == number)
 
 
-def job_json(job: WorkerJob) -> str:
-    return json.dumps(asdict(job))
+def job_process(job: WorkerJob) -> tuple[str, dict[str, str]]:
+    """(command-line JSON without the store URLs, environment entries that carry them)."""
+    env = {SECRET_ENV[k]: getattr(job, k) for k in SECRET_ENV if getattr(job, k)}
+    return json.dumps(asdict(replace(job, **{k: None for k in SECRET_ENV}))), env
+
+
+def job_from_process(text: str) -> WorkerJob:
+    """The inverse of job_process, read in the worker process."""
+    job = WorkerJob(**json.loads(text))
+    return replace(job, **{k: os.environ.get(v) for k, v in SECRET_ENV.items() if getattr(job, k) is None})
 
