@@ -13,6 +13,7 @@ sweep's shared-upstream precomputation and `compare` read the same declaration.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -125,6 +126,9 @@ class Context:
         st = STAGES.get(name)
         run_tags = {"ttclab.key": cfg.key(*st.key), **self.extra_tags, **(tags or {})}
         params = {**cfg.flat(), "runtime.device": str(self.device)}
+        for dead in self.tracker.close_dead_runs():
+            print(f"[ttclab] closed run {dead.info.run_id} ({dead.data.tags.get('ttclab.stage')}) as FAILED: "
+                  f"its process {dead.data.tags.get('ttclab.pid')} is gone", file=sys.stderr)
         with self.tracker.start(cfg.name, name, params=params, tags=run_tags, parent=self.parent) as run:
             outputs = st.fn(cfg, replace(self, stage=name), run) or {}
             return run.id, outputs
@@ -140,15 +144,22 @@ class Context:
         return self.tracker.artifact_dir(self.upstream(inp.source, cfg)) / inp.artifact(cfg)
 
     def upstream(self, name: str, cfg) -> str:
-        """Run id of a finished `name` run matching cfg; runs it first if none exists."""
-        found = self.tracker.find(cfg.name, name, cfg.key(*STAGES.get(name).key))
+        """Run id of a finished `name` run matching cfg; runs it first if none exists. Look-up and
+        run hold a lock per (project, stage, key), so processes starting together on a fresh store
+        run it once: the others wait for the lock and then find the finished run."""
+        key = cfg.key(*STAGES.get(name).key)
+        found = self.tracker.find(cfg.name, name, key)
         if found is not None:
             return found
-        if self.progress:
-            print(f"[ttclab] no finished {name!r} run for this config yet: running it first")
-        child = Context(self.tracker, self.device, self.progress, self.inputs)
-        run_id, _ = child.run(name, cfg)
-        return run_id
+        with self.tracker.lock(f"{cfg.name}-{name}-{key}"):
+            found = self.tracker.find(cfg.name, name, key)
+            if found is not None:
+                return found
+            if self.progress:
+                print(f"[ttclab] no finished {name!r} run for this config yet: running it first")
+            child = Context(self.tracker, self.device, self.progress, self.inputs)
+            run_id, _ = child.run(name, cfg)
+            return run_id
 
 
 def set_threads(n: int | None = None) -> None:

@@ -8,17 +8,22 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import tempfile
 import time
+import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-from mlflow.entities import Metric, Param, RunStatus, RunTag  # noqa: E402
+from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
+
+from ..errors import UserError  # noqa: E402
+from ..process import file_lock, identity, is_dead, run_forwarding  # noqa: E402
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 
@@ -40,6 +45,41 @@ def default_tracking_uri() -> str:
 
 def is_local_store(uri: str) -> bool:
     return uri.startswith("sqlite:") or uri.startswith("file:") or "://" not in uri
+
+
+def _safe(name: str) -> str:
+    """A file-name-safe form of a URI or name."""
+    return re.sub(r"[^\w.-]", "_", name)
+
+
+class TrackingError(UserError):
+    """A tracking store, run, model or artifact that cannot be used as given."""
+
+
+def redact(uri: str) -> str:
+    """The URI with any password replaced by ***, for messages."""
+    return re.sub(r"//([^/:@]+):[^/@]*@", r"//\1:***@", uri)
+
+
+def quoted(value) -> str:
+    """A value as an MLflow search-filter string literal. The filter grammar has no escape
+    character, but either quote may delimit a string: use the one the value does not contain."""
+    text = str(value)
+    if "'" not in text:
+        return f"'{text}'"
+    if '"' not in text:
+        return f'"{text}"'
+    raise TrackingError(f"{text!r}: a name used in run searches may not contain both ' and \"; rename it")
+
+
+def _check_server(uri: str) -> None:
+    """Fail fast, in one line, when no MLflow server answers (the client itself would retry for
+    minutes and then print a long traceback)."""
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=5).close()
+    except (OSError, ValueError) as err:
+        raise TrackingError(f"MLFLOW_TRACKING_URI={redact(uri)}: no MLflow server answers there "
+                            f"({getattr(err, 'reason', err)}); start it (`mlflow server ...`) or fix the URI") from None
 
 
 class Pruned(Exception):
@@ -76,7 +116,18 @@ class Run:
         self.tracker.client.log_batch(self.id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def artifact(self, path: str | Path, subdir: str | None = None) -> None:
-        self.tracker.client.log_artifact(self.id, str(path), subdir)
+        """Log a file; on a local artifact store it is copied to a temp name and renamed, so a kill
+        at any moment leaves either the previous version or the new one, never a truncated file
+        (per-epoch checkpoints rely on this)."""
+        local = self.tracker.local_artifact_dir(self.id)
+        if local is None:
+            self.tracker.client.log_artifact(self.id, str(path), subdir)
+            return
+        dest = local / (subdir or "") / Path(path).name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+        shutil.copyfile(path, tmp)
+        os.replace(tmp, dest)
 
     def text(self, text: str, name: str) -> None:
         self.tracker.client.log_text(self.id, text, name)
@@ -93,12 +144,36 @@ class Run:
 class Tracker:
     def __init__(self, uri: str | None = None):
         self.uri = uri or default_tracking_uri()
-        self.client = MlflowClient(self.uri)
+        if self.uri.startswith(("http://", "https://")):
+            _check_server(self.uri)
         # Under `mlflow run`, the command must log into the run mlflow created: take its id once,
         # for the first (top-level) stage only; upstream stages run on demand get their own runs.
         self._attach = os.environ.pop("MLFLOW_RUN_ID", None)
         self.reporter = None
-        self.client.search_experiments(max_results=1)  # creates/migrates the SQLite schema up front
+        self._artifact_uris: dict[str, str] = {}
+        # The first touch creates/migrates the SQLite schema; processes starting together on a fresh
+        # store would race in MLflow's migration (and leave a stray _alembic_tmp_ table), so one at a
+        # time creates it.
+        with self.lock("store"):
+            try:
+                self.client = MlflowClient(self.uri)
+                self.client.search_experiments(max_results=1)
+            except (MlflowException, OSError) as err:
+                first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+                raise TrackingError(f"tracking store {redact(self.uri)}: {first}; fix MLFLOW_TRACKING_URI "
+                                    "(e.g. sqlite:///path/mlflow.db or http://host:5000)") from None
+
+    def lock(self, name: str):
+        """An exclusive lock among this machine's processes using the store, for the block: beside
+        the SQLite file (`<db>.lock`, `<db>.locks/<name>.lock`), else under <home>/runs/locks."""
+        db = self.uri[len("sqlite:///"):] if self.uri.startswith("sqlite:///") else ""
+        if db:
+            folder, prefix = Path(db).parent, Path(db).name
+        else:
+            folder, prefix = home() / "runs" / "locks", _safe(redact(self.uri))
+        if name == "store":
+            return file_lock(folder / f"{prefix}.lock")
+        return file_lock(folder / f"{prefix}.locks" / f"{_safe(name)}.lock")
 
     def experiment_id(self, project: str) -> str:
         name = f"ttclab/{project}"
@@ -107,7 +182,7 @@ class Tracker:
             return exp.experiment_id
         location = None
         if self.uri.startswith("sqlite:"):
-            location = (home() / "mlartifacts" / re.sub(r"[^\w.-]", "_", name)).as_uri()
+            location = (home() / "mlartifacts" / _safe(name)).as_uri()
         try:
             return self.client.create_experiment(name, artifact_location=location)
         except MlflowException:  # another worker created it first
@@ -119,7 +194,7 @@ class Tracker:
         """Open a run (or attach to mlflow run's, or `reopen` an existing one, e.g. a resumed sweep's
         parent), yield a Run, and always close it: FINISHED on success, KILLED on Ctrl-C or
         pruning, FAILED on any other exception."""
-        all_tags = {"ttclab.stage": stage, "ttclab.project": project, **tags}
+        all_tags = {"ttclab.stage": stage, "ttclab.project": project, **identity(), **tags}
         if parent is not None:
             all_tags["mlflow.parentRunId"] = parent
         if reopen is not None:
@@ -156,8 +231,8 @@ class Tracker:
         exps = [e.experiment_id for e in self.client.search_experiments()]
         runs = self.client.search_runs(
             exps,
-            filter_string=(f"tags.`ttclab.stage` = '{stage}' and tags.`ttclab.project` = '{project}' "
-                           f"and tags.`ttclab.key` = '{key}' and attributes.status = 'FINISHED'"),
+            filter_string=(f"tags.`ttclab.stage` = {quoted(stage)} and tags.`ttclab.project` = {quoted(project)} "
+                           f"and tags.`ttclab.key` = {quoted(key)} and attributes.status = 'FINISHED'"),
             order_by=["attributes.start_time DESC"],
             max_results=1,
         )
@@ -168,7 +243,7 @@ class Tracker:
 
     def runs(self, tags: dict[str, str], status: str | None = None) -> list:
         """Runs in any experiment carrying all `tags` (and `status`, e.g. RUNNING), newest first."""
-        clauses = [f"tags.`{k}` = '{v}'" for k, v in tags.items()]
+        clauses = [f"tags.`{k}` = {quoted(v)}" for k, v in tags.items()]
         if status is not None:
             clauses.append(f"attributes.status = '{status}'")
         exps = [e.experiment_id for e in self.client.search_experiments()]
@@ -183,12 +258,35 @@ class Tracker:
         """End a run left open by a dead process (FAILED) or the like."""
         self.client.set_terminated(run_id, status=status)
 
+    def close_dead_runs(self) -> list:
+        """Close as FAILED the RUNNING runs whose process (this host's; others cannot be judged from
+        here) is gone or whose PID now belongs to another process. Returns the runs closed."""
+        host = identity()["ttclab.host"]
+        dead = [r for r in self.runs({"ttclab.host": host}, status="RUNNING") if is_dead(r.data.tags)]
+        for r in dead:
+            self.client.set_tag(r.info.run_id, "ttclab.closed", "its process died")
+            self.close(r.info.run_id, "FAILED")
+        return dead
+
+    def _artifact_uri(self, run_id: str) -> str:
+        if run_id not in self._artifact_uris:
+            try:
+                self._artifact_uris[run_id] = self.client.get_run(run_id).info.artifact_uri
+            except MlflowException:
+                raise TrackingError(f"runs:/{run_id}: no such run in {redact(self.uri)}; copy the id from the "
+                                    "stage's last line or `ttclab ui`") from None
+        return self._artifact_uris[run_id]
+
+    def local_artifact_dir(self, run_id: str) -> Path | None:
+        """The folder of a run's artifacts when the artifact store is a local path, else None."""
+        parsed = urlparse(self._artifact_uri(run_id))
+        return Path(unquote(parsed.path)) if parsed.scheme in ("", "file") else None
+
     def artifact_dir(self, run_id: str) -> Path:
         """Local folder of a run's artifacts; downloaded once for remote stores."""
-        uri = self.client.get_run(run_id).info.artifact_uri
-        parsed = urlparse(uri)
-        if parsed.scheme in ("", "file"):
-            return Path(unquote(parsed.path))
+        local = self.local_artifact_dir(run_id)
+        if local is not None:
+            return local
         cache = home() / "runs" / "artifact-cache" / run_id
         if not cache.exists():
             tmp = Path(tempfile.mkdtemp(dir=cache.parent if cache.parent.exists() else None))
@@ -198,22 +296,36 @@ class Tracker:
         return cache
 
     def resolve(self, uri: str) -> Path:
-        """`runs:/<id>/<path>`, `models:/<name>/<version>` or a local path -> a local file path."""
+        """`runs:/<id>/<path>`, `models:/<name>/<version>` or a local path -> a local file path. A
+        run or model that does not exist, a path that leaves the run's artifacts (`../`) or names
+        no artifact is a TrackingError."""
         if uri.startswith("runs:/"):
             run_id, _, rel = uri[len("runs:/") :].partition("/")
-            return self.artifact_dir(run_id) / rel
+            base = self.artifact_dir(run_id)
+            path = base / rel
+            if not path.resolve().is_relative_to(base.resolve()):
+                raise TrackingError(f"{uri}: the path leaves the run's artifacts; name a file inside it, "
+                                    f"e.g. runs:/{run_id}/model/operator.pt")
+            if not path.exists():
+                have = sorted(str(p.relative_to(base)) for p in base.rglob("*") if p.is_file())
+                raise TrackingError(f"{uri}: run {run_id} has no artifact {rel!r}; it has: "
+                                    f"{', '.join(have[:8]) or 'none'}{' ...' if len(have) > 8 else ''}")
+            return path
         if uri.startswith("models:/"):
             from mlflow.artifacts import download_artifacts
 
-            return Path(download_artifacts(artifact_uri=uri, tracking_uri=self.uri))
+            try:
+                return Path(download_artifacts(artifact_uri=uri, tracking_uri=self.uri))
+            except MlflowException:
+                raise TrackingError(f"{uri}: no such registered model version in {redact(self.uri)}; "
+                                    "register one (mlflow.register_model) or pass runs:/<id>/<path>") from None
         return Path(uri)
 
 
-def serve_ui(port: int, project: str | None = None) -> None:
-    """Run `mlflow ui` on loopback over the default store; print where the runs table lives (the
+def serve_ui(port: int, project: str | None = None) -> int:
+    """Run `mlflow ui` on loopback over the default store until it ends or this process gets SIGTERM
+    or Ctrl-C (forwarded to the server, which is waited for); print where the runs table lives (the
     MLflow 3 UI opens an experiment on its GenAI overview, the table is under #/.../runs)."""
-    import subprocess
-
     uri = default_tracking_uri()
     tracker = Tracker(uri)
     base = f"http://127.0.0.1:{port}"
@@ -222,8 +334,8 @@ def serve_ui(port: int, project: str | None = None) -> None:
         where = f"{base}/#/experiments/{exp.experiment_id}/runs" if exp else base
     else:
         where = base
-    print(f"[ttclab] MLflow UI over {uri}\n[ttclab] runs table: {where}  (add ?compareRunsMode=CHART for charts)")
+    print(f"[ttclab] MLflow UI over {redact(uri)}\n[ttclab] runs table: {where}  (add ?compareRunsMode=CHART for charts)")
     cmd = ["mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
     if uri.startswith("sqlite:"):
         cmd += ["--default-artifact-root", (home() / "mlartifacts").as_uri()]
-    subprocess.run(cmd, check=False)
+    return run_forwarding(cmd)

@@ -1,0 +1,110 @@
+"""The operating-system side of a run: who runs it (host, PID, PID start time), whether that process
+still lives, SIGTERM treated like Ctrl-C, and advisory file locks between processes of one machine.
+
+Standard library only, so tracking, stages and sweeps can all use it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import socket
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (sent by `kill`, `timeout`, schedulers) raised as an interrupt: every `except
+    KeyboardInterrupt` cleanup path (a run ends KILLED) covers it; the CLI exits 128 + 15 = 143."""
+
+    exit_code = 143
+
+
+def raise_on_sigterm() -> None:
+    """Turn the first SIGTERM into `Terminated` in the main thread; later ones are ignored while the
+    cleanup that the first one started closes the run (kill -9 still ends a process that hangs)."""
+
+    def handler(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated()
+
+    if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
+        signal.signal(signal.SIGTERM, handler)
+
+
+def start_time(pid: int) -> str | None:
+    """Process start time (clock ticks since boot, /proc/<pid>/stat field 22) or None when the process
+    is gone or a zombie; comparing it with the recorded one guards against a recycled PID."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()  # the command name in (...) may contain spaces
+    return None if fields[0] in ("Z", "X") else fields[19]
+
+
+def identity() -> dict[str, str]:
+    """Tags naming this process: `ttclab.host`, `ttclab.pid`, `ttclab.pid_start`."""
+    pid = os.getpid()
+    return {"ttclab.host": socket.gethostname(), "ttclab.pid": str(pid), "ttclab.pid_start": str(start_time(pid))}
+
+
+def is_dead(tags: dict) -> bool:
+    """True only when `tags` name a process of this host that is gone (or whose PID was reused).
+    A process of another host cannot be judged from here, so it counts as alive."""
+    if tags.get("ttclab.host") != socket.gethostname() or not str(tags.get("ttclab.pid", "")).isdigit():
+        return False
+    started = start_time(int(tags["ttclab.pid"]))
+    return started is None or started != str(tags.get("ttclab.pid_start"))
+
+
+@contextmanager
+def file_lock(path: str | Path):
+    """Exclusive `flock` on `path` (created if missing) for the duration of the block. The kernel
+    drops the lock when its holder dies, so a kill -9 never leaves it stuck."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def run_forwarding(cmd: list[str], grace_s: float = 10.0) -> int:
+    """Run `cmd` as its own process group and wait for it; SIGTERM or SIGINT sent to this process is
+    passed on to the whole group (a server and the workers it starts), which gets `grace_s` to exit
+    before SIGKILL. Returns the child's exit code, or 128 + the signal when one was forwarded."""
+    import subprocess
+
+    child = subprocess.Popen(cmd, start_new_session=True)
+    got: list[tuple[int, float]] = []  # (signal, when)
+
+    def signal_group(signum: int) -> None:
+        try:
+            os.killpg(child.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    def forward(signum, frame):
+        got.append((signum, time.monotonic()))
+        signal_group(signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        while True:
+            try:
+                code = child.wait(timeout=0.5)
+                break
+            except subprocess.TimeoutExpired:
+                if got and time.monotonic() - got[0][1] > grace_s:
+                    signal_group(signal.SIGKILL)
+        signal_group(signal.SIGTERM)  # workers the server may have left behind
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+    return 128 + got[0][0] if got else code
