@@ -177,13 +177,14 @@ class PDEBenchFile:
         for key, ds in zip(_keys(self.problem), self._datasets):
             with _guard(self.path, f"dataset {key!r}"):
                 fields.append(ds[where])
-            self._check_values(key, fields[-1], distinct, t_stride, x_stride)
         out = np.stack(fields, axis=2).astype(np.float32, copy=False)
         zero = ~(out != 0).reshape(*out.shape[:2], -1).any(-1)  # (n, T): snapshots zero in every field
         if zero.any():
             i, t = np.argwhere(zero)[0]
             raise DataError(f"{self.path}: trajectory {distinct[i]} frame {t * t_stride} is all zeros in every "
                             f"dataset (a zeroed block, e.g. an unfinished solve); drop it or regenerate the file")
+        for key, values in zip(_keys(self.problem), fields):
+            self._check_values(key, values, distinct, t_stride, x_stride)
         return out[inverse]
 
     def _check_values(self, key: str, values: np.ndarray, distinct, t_stride: int, x_stride: int) -> None:
