@@ -152,6 +152,14 @@ CASES = {
     "set-unknown-reward": (lambda L: ["ttc", L.project, "--set", "ttc.reward=magic"], ["magic", "arm"]),
     "set-quote-in-name": (lambda L: ["train", L.project, "--set", "name=a'b"], ["name"]),
     "set-negative-sigma": (lambda L: ["ttc", L.project, "--set", "sampling.latent_sigma=-1"], ["sampling"]),
+    "set-unknown-limiter": (lambda L: ["train", L.project, "--set", "problem.limiter=superbee"],
+                            ["problem.limiter", "minmod"]),
+    "set-unknown-split": (lambda L: ["ttc", L.project, "--set", "ttc.split=holdout"], ["ttc", "split"]),
+    "device-cuda-absent": (lambda L: ["train", L.project, "--device", "cuda"], ["--device cuda"]),
+    "compare-without-ttc-runs": (lambda L: ["compare", L.project, "--set", "name=nothing-yet"], ["ttclab ttc"]),
+    "trc-on-a-pde-project": (lambda L: ["trc", L.project], ["problem.type", "control problem"]),
+    "trc-data-not-control-data": (lambda L: ["trc", REPO / "projects" / "vanderpol.yaml", "--input",
+                                             f"data={L.write('ctl.pt', 'junk')}"], ["ctl.pt", "trc_data"]),
     # --input
     "input-unknown-name": (lambda L: ["ttc", L.project, "--input", "opertor=x.pt"], ["opertor", "operator"]),
     "input-no-equals": (lambda L: ["ttc", L.project, "--input", "operator"], ["NAME=URI"]),
@@ -239,6 +247,8 @@ def outcome(result, needles) -> str:
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_bad_input_is_one_clear_line(lab, case):
+    if case == "device-cuda-absent" and torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
     build, needles = CASES[case]
     args = [str(a) for a in build(lab)]
     result = CliRunner().invoke(main, args + ["--quiet"])
@@ -270,3 +280,18 @@ def test_console_script_storage_password_never_printed(lab):
     assert proc.returncode == 2, proc.stderr
     assert "SECRETPW" not in proc.stdout + proc.stderr and "u:***@127.0.0.1" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_store_urls_reach_workers_by_environment_not_argv(monkeypatch):
+    from ttclab.sweep.study import redact
+    from ttclab.sweep.worker import SECRET_ENV, WorkerJob, job_from_process, job_process
+
+    url = "postgresql+psycopg2://user:SECRETPW@db.example:5432/optuna"
+    assert redact(url) == "postgresql+psycopg2://user:***@db.example:5432/optuna"
+    assert redact("postgresql://user@host/db") == "postgresql://user@host/db"
+    job = WorkerJob("spec.yaml", url, "postgresql://mlflow:SECRETPW@db.example/mlflow", "parent", 4, index=1)
+    argv, env = job_process(job)
+    assert "SECRETPW" not in argv and set(env) == set(SECRET_ENV.values())
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert job_from_process(argv) == job

@@ -58,7 +58,7 @@ def test_unknown_override_key_fails():
     ("train.epochs=2.5", "must be an integer"),
     ("train.lr=fast", "must be a number"),
     ("model.dropout=true", "must be a number"),
-    ("problem.limiter=3", "must be a string"),
+    ("problem.limiter=3", "is not one of 'minmod', 'mc'"),
 ])
 def test_wrong_type_fails(override, complaint):
     with pytest.raises(ConfigError) as err:
@@ -158,3 +158,66 @@ def test_python_dash_m_ttclab_help():
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "Usage:" in result.stdout and "train" in result.stdout
+
+
+# --- bad input classes (issue 9 section 3) ------------------------------------------------------
+
+def test_non_finite_numbers_rejected_unless_the_field_allows_them():
+    import dataclasses
+
+    from ttclab.config import build
+
+    @dataclasses.dataclass
+    class Section:
+        weight: float = 1.0
+        count: int = 1
+        bound: float = dataclasses.field(default=0.0, metadata={"finite": False})
+        scale: float | None = None
+
+    for key, value in (("weight", float("nan")), ("count", float("inf")), ("scale", float("-inf"))):
+        with pytest.raises(ConfigError, match=f"s.{key}=.* must be a finite number"):
+            build(Section, {key: value}, "src", "s")
+    assert build(Section, {"bound": float("inf")}).bound == float("inf")
+
+
+def test_duplicate_key_in_an_override_is_an_error():
+    with pytest.raises(ConfigError, match="duplicate key 'epochs'"):
+        load_project(DEFAULT, ["train={epochs: 2, epochs: 3}"])
+
+
+def test_unknown_registry_name_is_a_user_error_and_a_key_error():
+    from ttclab.errors import UserError
+    from ttclab.models import MODELS
+
+    with pytest.raises(UserError) as err:
+        MODELS.get("unet")
+    assert isinstance(err.value, KeyError) and str(err.value).startswith("unknown model 'unet'; valid: ")
+
+
+def test_debug_shows_the_traceback_of_a_user_error(isolated_tracking):
+    result = invoke("--debug", "train", DEFAULT, "--set", "train.epochs=inf")
+    assert isinstance(result.exception, ConfigError) and "train.epochs" in str(result.exception)
+    assert invoke("train", DEFAULT, "--set", "train.epochs=inf").exit_code == 2
+
+
+@pytest.mark.parametrize("code, fix", [(28, "free disk space"), (30, "read-only"), (13, "no permission")])
+def test_full_or_read_only_disk_is_one_line(isolated_tracking, monkeypatch, code, fix):
+    import os
+
+    from ttclab.stages import Context
+
+    def write_fails(self, name, cfg, tags=None):
+        raise RuntimeError("while logging") from OSError(code, os.strerror(code), "/store/mlartifacts/x.h5")
+
+    monkeypatch.setattr(Context, "run", write_fails)
+    result = invoke("generate", DEFAULT, "--quiet", "--device", "cpu")
+    assert_one_line_error(result, "/store/mlartifacts/x.h5", os.strerror(code), fix)
+    assert result.exit_code == 2
+
+
+def test_a_real_bug_keeps_its_traceback(isolated_tracking, monkeypatch):
+    from ttclab.stages import Context
+
+    monkeypatch.setattr(Context, "run", lambda self, name, cfg, tags=None: {}["missing"])
+    result = invoke("generate", DEFAULT, "--quiet", "--device", "cpu")
+    assert result.exit_code == 1 and isinstance(result.exception, KeyError)

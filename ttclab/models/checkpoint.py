@@ -47,9 +47,10 @@ def atomic_save(blob: dict, path: str | Path) -> Path:
 
 
 def read(path: str | Path, fmt: str = FORMAT, fix: str = "train one with `ttclab train` or fix the URI",
-         kind: str = "", error: type = None) -> dict:
+         kind: str = "", error: type = None, keys: tuple[str, ...] = ()) -> dict:
     """Load a checkpoint dict of format `fmt` with weights_only=True; a missing, unreadable or
-    foreign file raises `error` (default CheckpointError) naming the path, the problem and `fix`."""
+    foreign file, or one without every entry in `keys`, raises `error` (default CheckpointError)
+    naming the path, the problem and `fix`."""
     path, error = Path(path), error or CheckpointError
     if not path.is_file():
         raise error(f"{path}: no such {kind}checkpoint; {fix}")
@@ -60,6 +61,9 @@ def read(path: str | Path, fmt: str = FORMAT, fix: str = "train one with `ttclab
     if not isinstance(blob, dict) or blob.get("format") != fmt:
         found = blob.get("format") if isinstance(blob, dict) else type(blob).__name__
         raise error(f"{path}: not a {fmt} checkpoint (found {found!r}); {fix}")
+    missing = [k for k in keys if k not in blob]
+    if missing:
+        raise error(f"{path}: {kind}checkpoint has no {missing[0]!r} entry (truncated or edited?); {fix}")
     return blob
 
 
@@ -69,7 +73,7 @@ def load_operator(path: str | Path, expect_problem=None, device="cpu"):
     `expect_problem` is a problem type name, or the project's problem config: then the checkpoint's
     physics (grid, domain, gamma/nu) must equal the project's too, so the physics a stage computes
     with is the physics its run logs."""
-    blob = read(path)
+    blob = read(path, keys=("problem", "model", "state_dict", "norm_mean", "norm_std"))
     pcfg_d, mcfg_d = blob["problem"], blob["model"]
     expect_type = getattr(expect_problem, "type", expect_problem)
     if expect_type is not None and pcfg_d.get("type") != expect_type:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from tqdm import tqdm
@@ -28,7 +29,7 @@ class BurgersConfig:
     t_end: float = 1.0
     nu: float = 0.01
     cfl: float = 0.4
-    limiter: str = "minmod"
+    limiter: Literal["minmod", "mc"] = "minmod"
     k_max: int = 4
     amp: float = 1.0
     domain: tuple[float, ...] = (0.0, 1.0)  # [lo, hi] of the periodic interval

@@ -12,6 +12,7 @@ data uses 5/3), so a project reading one must set problem.gamma explicitly (`req
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -30,7 +31,7 @@ class EulerConfig:
     t_end: float = 0.4
     gamma: float | None = None  # None: DEFAULT_GAMMA for generated data; required for external files
     cfl: float = 0.4
-    limiter: str = "minmod"
+    limiter: Literal["minmod", "mc"] = "minmod"
     k_max: int = 4  # highest wavenumber of the random initial conditions
     rho_base: float = 1.0
     rho_amp: float = 0.5  # relative amplitude, < 1 keeps density positive

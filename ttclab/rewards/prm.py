@@ -60,7 +60,8 @@ def _operator(blob: dict, path: Path):
     """The embedded operator of an anchor="operator" PRM."""
     op = blob.get("operator")
     if not isinstance(op, dict) or op.get("format") != checkpoint.FORMAT:
-        raise ValueError("anchor='operator' but no embedded operator checkpoint")
+        raise checkpoint.CheckpointError(f"{path}: anchor='operator' but no embedded operator checkpoint; "
+                                         "retrain it with `ttclab train_prm`")
     mcfg = build(MODELS.get(op["model"]["type"]).Config, op["model"], str(path), "operator.model")
     model = make_model(mcfg, n_fields=blob["n_fields"], ndim=blob["ndim"])
     model.load_state_dict(op["state_dict"])

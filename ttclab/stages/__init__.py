@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import torch
 
+from ..config import ConfigError
 from ..registry import Registry
 
 STAGES: Registry = Registry("stage")
@@ -107,7 +108,7 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available here; use --device auto or cpu")
+        raise ConfigError("--device cuda: no CUDA device is available here; use --device auto or cpu")
     return torch.device(device)
 
 

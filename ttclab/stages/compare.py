@@ -3,6 +3,7 @@ that share one comparison key (same data, operator, sampler, N, K, split)."""
 
 from __future__ import annotations
 
+from ..config import ConfigError
 from ..tracking import figures
 from . import stage
 from ..rewards import selector_names
@@ -58,7 +59,7 @@ def compare(cfg, ctx, run):
     """Side-by-side table of the latest ttc runs per selector (printed and logged as artifacts)."""
     rows = collect(ctx.tracker, cfg)
     if not rows:
-        raise ValueError(f"no finished ttc runs for project {cfg.name!r} with this config yet; "
+        raise ConfigError(f"no finished ttc runs for project {cfg.name!r} with this config yet; "
                          f"run `ttclab ttc` (or `ttclab demo`) first")
     header, body = table(rows)
     text = markdown(header, body)

@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import to_dict
+from ..config import ConfigError, to_dict
+from ..data.pdebench import DataError
 from ..metrics.control import cost_gap_pct, outcome_summary, refinement
-from ..models import make_model
+from ..models import checkpoint, make_model
 from ..problems import make_problem
 from ..problems.control import SPLITS, ControlProblem
 from ..tracking.trc_figures import refinement_figure, trajectory_figure
@@ -33,17 +34,16 @@ TRC_DATA = Input("data", "trc_data", "data/{problem}.pt")
 def control_problem(cfg) -> ControlProblem:
     problem = make_problem(cfg.problem)
     if not isinstance(problem, ControlProblem):
-        raise ValueError(f"problem.type {cfg.problem.type!r} is not a control problem; "
-                         "use double_integrator or vanderpol")
+        raise ConfigError(f"problem.type {cfg.problem.type!r} is not a control problem; "
+                          "use double_integrator or vanderpol")
     return problem
 
 
 def load_data(path: Path, cfg) -> dict:
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(blob, dict) or blob.get("format") != DATA_FORMAT:
-        raise ValueError(f"{path}: not a {DATA_FORMAT} file; make one with `ttclab trc_data`")
+    blob = checkpoint.read(path, DATA_FORMAT, "make one with `ttclab trc_data`", kind="control data ",
+                           error=DataError)
     if blob["problem"] != to_dict(cfg.problem):
-        raise ValueError(f"{path}: data was generated for another problem config; drop --input data= to regenerate")
+        raise DataError(f"{path}: data was generated for another problem config; drop --input data= to regenerate")
     return blob
 
 
@@ -76,7 +76,7 @@ def trc(cfg, ctx, run):
     """Train the tiny recursive controller (BC, or process supervision when trc.process_weight > 0)."""
     problem = control_problem(cfg)
     if cfg.model.type != "trc":
-        raise ValueError(f"model.type {cfg.model.type!r}: the trc stage trains model.type trc")
+        raise ConfigError(f"model.type {cfg.model.type!r}: the trc stage trains model.type trc")
     blob = load_data(ctx.input("data", cfg), cfg)
     data = with_teacher_cost(problem, {s: blob[s] for s in SPLITS})
     torch.manual_seed(cfg.seed)
