@@ -15,7 +15,9 @@ from ttclab.models.checkpoint import CheckpointError
 from ttclab.models.prm import PRM, PRMConfig
 from ttclab.models.trc import TRCModelConfig
 from ttclab.problems.control.double_integrator import DoubleIntegratorConfig
+from ttclab.config import ConfigError, build
 from ttclab.training.loop import TrainConfig, evaluate, train
+from ttclab.training.losses import OPERATOR_LOSSES, unrolled_mse
 from ttclab.training.trc import TRCConfig, fit, with_teacher_cost
 from ttclab.training.triplet import train as train_prm
 
@@ -193,7 +195,7 @@ PINNED = {
 }
 
 
-def operator_losses():
+def operator_losses(**train_overrides):
     """A circular conv on random fields, 2-step unrolled targets: the loop alone, independent of the
     FNO and of the data generator (both may change without changing the loop)."""
     g = torch.Generator().manual_seed(0)
@@ -202,7 +204,7 @@ def operator_losses():
     torch.manual_seed(0)
     model = torch.nn.Conv1d(3, 3, 3, padding=1, padding_mode="circular")
     logged = []
-    train(model, (x[:32], y[:32]), (x[32:], y[32:]), TrainConfig(epochs=2, batch_size=8, lr=1e-2, log_every=1),
+    train(model, (x[:32], y[:32]), (x[32:], y[32:]), TrainConfig(epochs=2, batch_size=8, lr=1e-2, log_every=1, **train_overrides),
           seed=0, log=lambda m, s: logged.append(m), progress=False)
     return [m.get("train/loss", m.get("val/loss")) for m in logged]
 
@@ -244,3 +246,14 @@ def test_losses_match_the_values_pinned_before_the_shared_loop(kind):
     losses = {"operator": operator_losses, "prm": prm_losses, "trc_bc": lambda: trc_losses(0.0),
               "trc_ps": lambda: trc_losses(0.5)}[kind]()
     assert losses == pytest.approx(PINNED[kind], rel=1e-6)
+
+
+def test_train_loss_selects_a_registered_operator_loss(monkeypatch):
+    """Adding an operator loss is one registered function; train.loss picks it, unknown names are a
+    ConfigError listing the registered ones."""
+    doubled = lambda model, batch, cfg, problem=None: 2 * unrolled_mse(model, batch)  # noqa: E731
+    monkeypatch.setitem(OPERATOR_LOSSES._items, "doubled_mse", doubled)
+    cfg = build(TrainConfig, {"loss": "doubled_mse"}, "p.yaml", "train")
+    assert operator_losses(loss=cfg.loss)[0] == pytest.approx(2 * PINNED["operator"][0], rel=1e-6)
+    with pytest.raises(ConfigError, match="p.yaml: train: loss must be one of .*unrolled_mse"):
+        build(TrainConfig, {"loss": "mse2"}, "p.yaml", "train")

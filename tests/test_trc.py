@@ -11,7 +11,7 @@ from ttclab.models.trc import PRESETS, TRCModelConfig
 from ttclab.problems import make_problem
 from ttclab.problems.control.double_integrator import DoubleIntegratorConfig
 from ttclab.problems.control.vanderpol import VanDerPolConfig
-from ttclab.training.losses import LOSSES, iterate_costs, process_loss
+from ttclab.training.losses import CONTROLLER_LOSSES, iterate_costs, process_loss
 from ttclab.training.trc import TRCConfig, fit, validate_controller, with_teacher_cost
 
 
@@ -141,7 +141,7 @@ def test_behaviour_cloning_gradient_reaches_every_parameter(variant, grad_last_o
     torch.manual_seed(0)
     model = make_model(TRCModelConfig(latent=16, layers=1, H_cycles=3, L_cycles=2, variant=variant,
                                       grad_last_only=grad_last_only), **problem.dims)
-    LOSSES.get("trc_bc")(model, batch, TRCConfig(), problem)["loss"].backward()
+    CONTROLLER_LOSSES.get("bc")(model, batch, TRCConfig(), problem)["loss"].backward()
     silent = [name for name, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert silent == []
 

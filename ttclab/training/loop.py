@@ -3,7 +3,7 @@
 `fit` does what every model's training shares: AdamW, a cosine schedule stepped per optimizer step,
 global-norm gradient clipping, progress, validation after every epoch, the best weights kept (and
 restored at the end), early stopping, and a resumable state after every epoch. A kind of training
-supplies a `Task`: its loss (a `losses.LOSSES` entry bound to its config), its batches and its
+supplies a `Task`: its loss (a registered loss of losses.py bound to its config), its batches and its
 validation. The operator's task is below; triplet.py (PRM) and trc.py (controller) build theirs.
 """
 
@@ -21,7 +21,7 @@ from tqdm import tqdm
 from ..errors import UserError
 from ..models import checkpoint
 from ..models.checkpoint import CheckpointError
-from .losses import LOSSES
+from .losses import OPERATOR_LOSSES
 
 # What a resumed run needs; best_epoch and stale are newer and default to 0 for older last.pt files.
 RESUME_KEYS = ("state_dict", "optimizer", "scheduler", "epoch", "step", "best_val", "best_state")
@@ -148,20 +148,24 @@ class TrainConfig:
     grad_clip: float = 1.0
     unroll: int = 1  # >1 trains on k-step autoregressive windows
     log_every: int = 20  # optimizer steps between train/loss points
+    loss: str = "unrolled_mse"  # an OPERATOR_LOSSES name (losses.py)
 
     def validate(self):
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.unroll < 1:
             raise ValueError("need epochs >= 1, batch_size >= 1, lr > 0, unroll >= 1")
+        if self.loss not in OPERATOR_LOSSES:
+            raise ValueError(f"loss must be one of {', '.join(OPERATOR_LOSSES.names())}, got {self.loss!r}")
 
 
 @torch.no_grad()
-def evaluate(model, inputs, targets, batch_size: int, device) -> float:
-    """Mean unrolled MSE over all pairs (batches weighted by their size)."""
+def evaluate(model, inputs, targets, batch_size: int, device, cfg: TrainConfig | None = None) -> float:
+    """Mean training loss (cfg.loss, default unrolled MSE) over all pairs, batches weighted by size."""
     model.eval()
-    total = 0.0
+    cfg = cfg or TrainConfig()
+    loss, total = OPERATOR_LOSSES.get(cfg.loss), 0.0
     for i in range(0, len(inputs), batch_size):
         batch = {"u0": inputs[i : i + batch_size].to(device), "targets": targets[i : i + batch_size].to(device)}
-        total += float(LOSSES.get("unrolled_mse")(model, batch)) * len(batch["u0"])
+        total += float(loss(model, batch, cfg)) * len(batch["u0"])
     return total / max(len(inputs), 1)
 
 
@@ -173,7 +177,7 @@ def train(model: torch.nn.Module, train_pairs: tuple[torch.Tensor, torch.Tensor]
     """The operator on normalized pairs (inputs (M, C, *X), targets (M, K, C, *X)). `resume` is the
     path of a last.pt; `on_epoch(epoch, val/loss, resumable state)` is what writes one."""
     inputs, targets = train_pairs
-    loss = LOSSES.get("unrolled_mse")
+    loss = OPERATOR_LOSSES.get(cfg.loss)
 
     def batches(epoch):
         # The shuffle depends on (seed, epoch) alone, so a run resumed at any epoch sees the same
@@ -184,7 +188,7 @@ def train(model: torch.nn.Module, train_pairs: tuple[torch.Tensor, torch.Tensor]
 
     task = Task(loss=lambda model, batch: loss(model, batch, cfg), batches=batches,
                 steps_per_epoch=math.ceil(len(inputs) / cfg.batch_size),
-                validate=lambda model: {"val/loss": evaluate(model, *val_pairs, cfg.batch_size, device)})
+                validate=lambda model: {"val/loss": evaluate(model, *val_pairs, cfg.batch_size, device, cfg)})
     return fit(model, task, cfg, seed=seed, device=device, log=log, progress=progress, log_every=cfg.log_every,
                on_epoch=lambda epoch, val, state: on_epoch(epoch, val["val/loss"], state),
                resume=None if resume is None else checkpoint.read(resume), resume_source=str(resume))

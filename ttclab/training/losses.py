@@ -1,14 +1,19 @@
-"""The loss registry: every training objective is one registered function
+"""Training losses, one registry per kind of model (each kind's batches carry different tensors).
+A loss is one registered function
 
     loss(model, batch: dict[str, Tensor], cfg, problem=None) -> Tensor | dict[str, Tensor]
 
 returning the scalar objective, or named terms with the objective under "loss" (each term is logged
 as train/<name>). `cfg` is the config section being trained (train, prm or trc); `problem` is the
-problem when the loss needs its physics (the controller's dynamics), else None. The operator trains
-on "unrolled_mse", the PRM on "triplet_margin", the controller on "trc_bc" or "trc_process"
-(TRCConfig.method). Adding a loss is one more registered function here:
+problem when the loss needs its physics (the controller's dynamics), else None.
 
-    @LOSSES.register("huber")
+    OPERATOR_LOSSES    batch u0 (B, C, *X), targets (B, K, C, *X)      chosen by train.loss
+    PRM_LOSSES         batch state, cands (S, n, ...), triplet (S, 3), truth[, anchor]
+    CONTROLLER_LOSSES  batch x0, target, controls, teacher_cost        chosen by trc.method (bc | ps)
+
+Adding a loss is one more registered function here, then e.g. `--set train.loss=huber`:
+
+    @OPERATOR_LOSSES.register("huber")
     def huber(model, batch, cfg, problem=None):
         return torch.nn.functional.huber_loss(model(batch["u0"]), batch["targets"][:, 0])
 """
@@ -19,10 +24,12 @@ import torch
 
 from ..registry import Registry
 
-LOSSES: Registry = Registry("loss")
+OPERATOR_LOSSES: Registry = Registry("operator loss")
+PRM_LOSSES: Registry = Registry("PRM loss")
+CONTROLLER_LOSSES: Registry = Registry("controller loss")
 
 
-@LOSSES.register("unrolled_mse")
+@OPERATOR_LOSSES.register("unrolled_mse")
 def unrolled_mse(model, batch: dict, cfg=None, problem=None) -> torch.Tensor:
     """batch u0 (B, C, *X), targets (B, K, C, *X) -> mean over K autoregressive steps of
     MSE(model^k(u0), u_k). K = 1 is the one-step loss; K > 1 trains on the model's own rollouts."""
@@ -43,7 +50,7 @@ def triplet_margin_loss(scores: torch.Tensor, margin: float) -> torch.Tensor:
     return torch.relu(margin - gaps).sum(1).mean()
 
 
-@LOSSES.register("triplet_margin")
+@PRM_LOSSES.register("triplet_margin")
 def triplet_margin(model, batch: dict, cfg, problem=None) -> torch.Tensor:
     """batch state (S, C, *X), cands (S, n, C, *X) the set scored together, triplet (S, 3) positions
     of its best/median/worst, truth (S, C, *X)[, anchor]. Triplet margin loss on each set; for the
@@ -112,13 +119,13 @@ def _controller_terms(model, batch: dict, cfg, problem, process: bool) -> dict[s
     return {"loss": sum(weights[k] * v for k, v in terms.items()), **terms}
 
 
-@LOSSES.register("trc_bc")
-def trc_bc(model, batch: dict, cfg, problem) -> dict[str, torch.Tensor]:
+@CONTROLLER_LOSSES.register("bc")
+def behaviour_cloning(model, batch: dict, cfg, problem) -> dict[str, torch.Tensor]:
     """Behaviour cloning of the teacher's controls (plus the value probe)."""
     return _controller_terms(model, batch, cfg, problem, process=False)
 
 
-@LOSSES.register("trc_process")
-def trc_process(model, batch: dict, cfg, problem) -> dict[str, torch.Tensor]:
+@CONTROLLER_LOSSES.register("ps")
+def process_supervision(model, batch: dict, cfg, problem) -> dict[str, torch.Tensor]:
     """Behaviour cloning plus process supervision of every iterate's cost (plus the value probe)."""
     return _controller_terms(model, batch, cfg, problem, process=True)

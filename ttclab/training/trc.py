@@ -1,5 +1,5 @@
 """Training the tiny recursive controller: data, validation, checkpoints. The losses (behaviour
-cloning, process supervision, value probe) are losses.trc_bc / losses.trc_process, with total
+cloning, process supervision, value probe) are CONTROLLER_LOSSES "bc" and "ps" (losses.py), with total
     bc + process_weight * process + value_weight * value.
 """
 
@@ -14,11 +14,11 @@ from typing import Callable, Literal
 import torch
 
 from ..config import build, to_dict
-from ..models import MODELS, make_model
+from ..models import MODELS, checkpoint, make_model
 from ..problems import PROBLEMS, make_problem
 from .loop import Task
 from .loop import fit as fit_loop
-from .losses import LOSSES, bc_loss
+from .losses import CONTROLLER_LOSSES, bc_loss
 
 FORMAT = "ttclab.trc/1"
 
@@ -79,12 +79,12 @@ def fit(model, problem, data: dict, cfg: TRCConfig, *, device="cpu", seed: int =
         log: Callable[[dict, int], None] = lambda metrics, step: None,
         on_epoch: Callable[[int, dict, dict], None] = lambda epoch, val, state: None, progress: bool = True) -> dict:
     """data[split] = {"x0", "target", "controls", "teacher_cost"} (float64, CPU). Trains on train with
-    the shared loop and loss trc_<bc|process>, keeps the weights with the lowest val/loss (loaded
+    the shared loop and the controller loss of cfg.method (bc | ps), keeps the weights with the lowest val/loss (loaded
     into `model`) -> {"best_val", "best_state", "epoch", "step", ...}."""
     gen = torch.Generator().manual_seed(seed)
     train = {k: v.float().to(device) for k, v in data["train"].items()}
     n = len(train["x0"])
-    loss = LOSSES.get("trc_process" if cfg.method == "ps" else "trc_bc")
+    loss = CONTROLLER_LOSSES.get(cfg.method)
 
     def batches(epoch):
         for idx in torch.randperm(n, generator=gen).split(cfg.batch_size):
@@ -112,9 +112,7 @@ def save_controller(path: str | Path, model, problem_cfg, model_cfg, **extra) ->
 
 def load_controller(path: str | Path, device="cpu"):
     """-> (controller in eval mode, its problem)."""
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a {FORMAT} checkpoint; train one with `ttclab trc`")
+    blob = checkpoint.read(path, FORMAT, "train one with `ttclab trc`", kind="controller ")
     problem = make_problem(build(PROBLEMS.get(blob["problem"]["type"]).Config, blob["problem"], str(path), "problem"))
     mcfg = build(MODELS.get(blob["model"]["type"]).Config, blob["model"], str(path), "model")
     model = make_model(mcfg, **problem.dims)

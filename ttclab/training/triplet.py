@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 
 from ..models.prm import PRM, PRMConfig
-from .losses import LOSSES
+from .losses import PRM_LOSSES
 from .loop import Task, fit
 
 
@@ -93,7 +93,7 @@ def evaluate(model: PRM, data: dict, sets: tuple, cfg: PRMConfig, device) -> flo
     """Mean training objective over fixed validation sets (the same draw every epoch)."""
     model.eval()
     subset, triplet = sets
-    loss, total = LOSSES.get("triplet_margin"), 0.0
+    loss, total = PRM_LOSSES.get("triplet_margin"), 0.0
     for i in range(0, len(subset), cfg.batch_size):
         sl = slice(i, i + cfg.batch_size)
         batch = set_batch(take(data, sl, device), subset[sl].to(device), triplet[sl].to(device))
@@ -114,7 +114,7 @@ def train(model: PRM, train_data: dict, val_data: dict, cfg: PRMConfig, *, devic
     sample = take(train_data, torch.randperm(n, generator=gen)[: 8 * cfg.batch_size], "cpu")
     model.fit_scale(sample["state"], sample["cands"], sample.get("anchor"))
     val_sets = draw_sets(val_data["mse"], cfg.set_size, torch.Generator().manual_seed(cfg.seed + 1))
-    loss = LOSSES.get("triplet_margin")
+    loss = PRM_LOSSES.get("triplet_margin")
 
     def batches(epoch):
         perm = torch.randperm(n, generator=gen)
