@@ -18,6 +18,8 @@ from ttclab.errors import UserError
 from ttclab.models import MODELS, Operator, OperatorError, Perturbation, checkpoint, make_model, make_operator
 from ttclab.models import operator_names
 from ttclab.models.trc import TRCModelConfig
+from ttclab.stages import Context
+from ttclab.tracking.store import Tracker
 from ttclab.sampling import SamplingConfig, candidates, perturbation
 
 # Registered models that are not operators, with the reason.
@@ -33,28 +35,37 @@ KINDS = {
 }
 
 
-class Pointwise1D(Operator):
-    ndims = (1,)
+@dataclasses.dataclass
+class PointwiseConfig:
+    type: str = LOCAL
+    width: int = 16
+    dropout: float = 0.0
 
-    def __init__(self, n_fields: int, ndim: int, dropout: float = 0.2):
+
+class Pointwise1D(Operator):
+    Config, ndims = PointwiseConfig, (1,)
+
+    def __init__(self, cfg: PointwiseConfig, n_fields: int, ndim: int):
         super().__init__(n_fields, ndim)
-        self.dropout_rate = dropout
-        self.net = nn.Sequential(nn.Conv1d(n_fields, 16, 3, padding=1, padding_mode="circular"), nn.GELU(),
-                                 nn.Conv1d(16, n_fields, 1))
+        self.cfg, self.dropout_rate = cfg, cfg.dropout
+        self.net = nn.Sequential(nn.Conv1d(n_fields, cfg.width, 3, padding=1, padding_mode="circular"), nn.GELU(),
+                                 nn.Conv1d(cfg.width, n_fields, 1))
 
     def forward(self, u):
         return u + self.drop(self.net(u))
 
 
+def operator_class(name: str) -> type[Operator]:
+    return Pointwise1D if name == LOCAL else MODELS.get(name)
+
+
 def build(name: str, ndim: int, dropout: float = 0.2) -> Operator:
-    """Default config of the registered type; dropout switched on where the config has it."""
+    """Default config of the type; dropout switched on where the config has it."""
     torch.manual_seed(0)
-    if name == LOCAL:
-        return Pointwise1D(N_FIELDS, ndim, dropout).eval()
-    cfg = MODELS.get(name).Config()
+    cfg = operator_class(name).Config()
     if "dropout" in {f.name for f in dataclasses.fields(cfg)}:
         cfg = dataclasses.replace(cfg, dropout=dropout)
-    return make_model(cfg, n_fields=N_FIELDS, ndim=ndim).eval()
+    return operator_class(name)(cfg, n_fields=N_FIELDS, ndim=ndim).eval()
 
 
 CASES = [(name, ndim) for name in [*operator_names(), LOCAL] for ndim in (1, 2)]
@@ -63,7 +74,7 @@ CASES = [(name, ndim) for name in [*operator_names(), LOCAL] for ndim in (1, 2)]
 @pytest.fixture(params=CASES, ids=[f"{n}-{d}d" for n, d in CASES])
 def case(request):
     name, ndim = request.param
-    cls = Pointwise1D if name == LOCAL else MODELS.get(name)
+    cls = operator_class(name)
     if ndim not in cls.ndims:
         with pytest.raises(OperatorError, match=f"not {ndim}D; choose another model.type"):
             build(name, ndim)
@@ -164,3 +175,18 @@ def test_a_controller_is_refused_where_an_operator_is_needed(tmp_path):
                            normalizer=Normalizer(torch.zeros(3), torch.ones(3)), model=build("fno", 1))
     with pytest.raises(checkpoint.CheckpointError, match="op.pt: stored config is invalid .*not an operator"):
         checkpoint.load_operator(path)
+
+
+def test_a_new_operator_needs_only_its_registration(isolated_tracking, tiny_project, monkeypatch):
+    """Registered under a new model.type, the forward-only operator goes through generate -> train
+    -> ttc (input noise + MC-dropout candidates) and comes back from its checkpoint as itself."""
+    monkeypatch.setitem(MODELS._items, LOCAL, Pointwise1D)
+    cfg = tiny_project("euler1d")
+    cfg = dataclasses.replace(cfg, model=PointwiseConfig(dropout=0.1),
+                              sampling=dataclasses.replace(cfg.sampling, sampler="input_perturb+mc_dropout"))
+    ctx = Context(Tracker(isolated_tracking), progress=False)
+    _, out = ctx.run("ttc", cfg)
+    assert torch.isfinite(torch.tensor(out["rollout_mse/h1"])) and out["cost/model_evals"] > 0
+    train_run = ctx.upstream("train", cfg)
+    model, _, _ = checkpoint.load_operator(ctx.tracker.artifact_dir(train_run) / "model" / "operator.pt")
+    assert isinstance(model, Pointwise1D) and model.dropout_rate == 0.1

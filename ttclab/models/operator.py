@@ -16,12 +16,24 @@ A new operator subclasses `Operator`, declares its capabilities and writes `forw
 with z standard normal from `generator`, drawn in that order, so equal seeds give equal candidates
 and an inactive perturbation gives n copies of forward(u).
 
+Registering one (a module in models/ plus its import line in models/__init__.py); `model.type: mlp1d`
+in a project then trains, samples and checkpoints it, and test_operator_contract.py checks it:
+
+    @dataclass
+    class MLP1DConfig:
+        type: str = "mlp1d"
+        width: int = 16
+        dropout: float = 0.0
+
     @MODELS.register("mlp1d")
     class PointwiseMLP(Operator):
-        ndims = (1,)
-        def __init__(self, cfg, n_fields, ndim):
+        Config, ndims = MLP1DConfig, (1,)
+
+        def __init__(self, cfg: MLP1DConfig, n_fields: int, ndim: int):
             super().__init__(n_fields, ndim)
-            self.net = nn.Sequential(nn.Conv1d(n_fields, 16, 1), nn.GELU(), nn.Conv1d(16, n_fields, 1))
+            self.cfg, self.dropout_rate = cfg, cfg.dropout
+            self.net = nn.Sequential(nn.Conv1d(n_fields, cfg.width, 1), nn.GELU(), nn.Conv1d(cfg.width, n_fields, 1))
+
         def forward(self, u):
             return u + self.drop(self.net(u))
 """
