@@ -16,7 +16,7 @@ from ttclab.models.prm import PRM, PRMConfig
 from ttclab.models.trc import TRCModelConfig
 from ttclab.problems.control.double_integrator import DoubleIntegratorConfig
 from ttclab.config import ConfigError, build
-from ttclab.training.loop import TrainConfig, evaluate, train
+from ttclab.training.loop import TrainConfig, TrainingError, evaluate, train
 from ttclab.training.losses import OPERATOR_LOSSES, unrolled_mse
 from ttclab.training.trc import TRCConfig, fit, with_teacher_cost
 from ttclab.training.triplet import train as train_prm
@@ -257,3 +257,11 @@ def test_train_loss_selects_a_registered_operator_loss(monkeypatch):
     assert operator_losses(loss=cfg.loss)[0] == pytest.approx(2 * PINNED["operator"][0], rel=1e-6)
     with pytest.raises(ConfigError, match="p.yaml: train: loss must be one of .*unrolled_mse"):
         build(TrainConfig, {"loss": "mse2"}, "p.yaml", "train")
+
+
+def test_a_loss_that_is_never_finite_is_a_one_line_error():
+    """NaN in every validation epoch leaves no best weights: a TrainingError, not a TypeError later."""
+    x, y = torch.full((8, 1, 4), float("nan")), torch.zeros(8, 1, 1, 4)
+    model = torch.nn.Conv1d(1, 1, 1)
+    with pytest.raises(TrainingError, match="val/loss was not finite in any epoch; lower the learning rate"):
+        train(model, (x, y), (x, y), TrainConfig(epochs=2, batch_size=4), progress=False)
