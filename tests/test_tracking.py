@@ -149,3 +149,93 @@ def test_default_store_is_absolute_and_overridable(tmp_path, monkeypatch):
     assert uri.startswith("sqlite:////") and uri.endswith("/mlflow.db")  # absolute, cwd-independent
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking.example:5000")
     assert store.default_tracking_uri() == "http://tracking.example:5000"
+
+
+def test_search_values_with_quotes_are_quoted(isolated_tracking):
+    tracker = Tracker(isolated_tracking)
+    with tracker.start("it's", "generate", params={}, tags={"ttclab.key": 'say "hi"'}) as run:
+        pass
+    assert [r.info.run_id for r in tracker.runs({"ttclab.project": "it's"})] == [run.id]
+    assert tracker.find("it's", "generate", 'say "hi"') == run.id
+    with pytest.raises(store.TrackingError, match="both ' and"):
+        tracker.runs({"ttclab.project": "it's \"both\""})
+
+
+def test_bad_run_uris_are_one_line_errors(two_trains):
+    tracker, run_id = two_trains["tracker"], two_trains["first"]
+    cases = {
+        "runs:/0123456789abcdef0123456789abcdef/model/operator.pt": "no such run",
+        f"runs:/{run_id}/../../../../etc/passwd": "leaves the run's artifacts",
+        f"runs:/{run_id}/model/absent.pt": "it has: model/last.pt, model/operator.pt",
+        "models:/no-such-model/1": "no such registered model version",
+    }
+    for uri, fragment in cases.items():
+        with pytest.raises(store.TrackingError) as err:
+            tracker.resolve(uri)
+        assert fragment in str(err.value) and uri in str(err.value) and "\n" not in str(err.value)
+
+
+def test_bad_tracking_uris_are_one_line_errors(tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for uri, fragment in {f"http://user:secret@127.0.0.1:{port}": "no MLflow server answers",
+                          "foo://bar": "foo://bar", f"sqlite:///{tmp_path}/file/x.db": "x.db"}.items():
+        if "file/" in uri:
+            (tmp_path / "file").write_text("a file where a folder should be")
+        with pytest.raises(store.TrackingError) as err:
+            Tracker(uri)
+        assert fragment in str(err.value) and "secret" not in str(err.value) and "\n" not in str(err.value)
+
+
+def test_runs_of_dead_processes_are_closed_failed(isolated_tracking):
+    import socket
+    import subprocess
+
+    tracker = Tracker(isolated_tracking)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    host = socket.gethostname()
+    owners = {"dead": {"ttclab.host": host, "ttclab.pid": str(dead.pid)},
+              "reused": {"ttclab.host": host, "ttclab.pid": "1", "ttclab.pid_start": "-1"},  # PID 1 is not that process
+              "alive": {},  # this process's own tags
+              "other host": {"ttclab.host": "elsewhere", "ttclab.pid": str(dead.pid)}}
+    ids, opened = {}, []
+    for name, tags in owners.items():
+        opened.append(tracker.start("euler1d", "train", params={}, tags={}))  # kept open: left RUNNING
+        ids[name] = opened[-1].__enter__().id
+        tracker.client.log_batch(ids[name], tags=[store.RunTag(k, v) for k, v in tags.items()])
+    closed = tracker.close_dead_runs()
+    assert sorted(r.info.run_id for r in closed) == sorted([ids["dead"], ids["reused"]])
+    status = {name: tracker.run_info(i).info.status for name, i in ids.items()}
+    assert status == {"dead": "FAILED", "reused": "FAILED", "alive": "RUNNING", "other host": "RUNNING"}
+
+
+def test_artifacts_are_replaced_whole(isolated_tracking, tmp_path):
+    tracker = Tracker(isolated_tracking)
+    with tracker.start("euler1d", "train", params={}, tags={}) as run:
+        for text in ("first", "second"):
+            (tmp_path / "last.pt").write_text(text)
+            run.artifact(tmp_path / "last.pt", "model")
+    folder = tracker.artifact_dir(run.id) / "model"
+    assert [p.name for p in folder.iterdir()] == ["last.pt"] and (folder / "last.pt").read_text() == "second"
+
+
+def test_progress_off_a_terminal_prints_tenths_without_carriage_returns():
+    import io
+
+    from ttclab.progress import LineProgress, progress_bar
+
+    log = io.StringIO()
+    bar = progress_bar(250, "train", file=log)
+    assert isinstance(bar, LineProgress)
+    for _ in range(250):
+        bar.set_postfix(loss="1.0e-03")
+        bar.update(1)
+    bar.close()
+    lines = log.getvalue().splitlines()
+    assert "\r" not in log.getvalue() and len(lines) == 10
+    assert lines[0] == "train:  10% (25/250) loss=1.0e-03" and lines[-1].startswith("train: 100% (250/250)")
+    assert progress_bar(250, "solver", file=io.StringIO(), leave=False).disable  # transient bars: silent

@@ -154,14 +154,14 @@ class Tracker:
         # The first touch creates/migrates the SQLite schema; processes starting together on a fresh
         # store would race in MLflow's migration (and leave a stray _alembic_tmp_ table), so one at a
         # time creates it.
-        with self.lock("store"):
-            try:
+        try:
+            with self.lock("store"):
                 self.client = MlflowClient(self.uri)
                 self.client.search_experiments(max_results=1)
-            except (MlflowException, OSError) as err:
-                first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-                raise TrackingError(f"tracking store {redact(self.uri)}: {first}; fix MLFLOW_TRACKING_URI "
-                                    "(e.g. sqlite:///path/mlflow.db or http://host:5000)") from None
+        except (MlflowException, OSError) as err:
+            first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+            raise TrackingError(f"tracking store {redact(self.uri)}: {first}; fix MLFLOW_TRACKING_URI "
+                                "(e.g. sqlite:///path/mlflow.db or http://host:5000)") from None
 
     def lock(self, name: str):
         """An exclusive lock among this machine's processes using the store, for the block: beside
@@ -268,13 +268,14 @@ class Tracker:
             self.close(r.info.run_id, "FAILED")
         return dead
 
-    def _artifact_uri(self, run_id: str) -> str:
+    def _artifact_uri(self, run_id: str, asked: str = "") -> str:
+        """The run's artifact URI; `asked` is the URI named in the error when there is no such run."""
         if run_id not in self._artifact_uris:
             try:
                 self._artifact_uris[run_id] = self.client.get_run(run_id).info.artifact_uri
             except MlflowException:
-                raise TrackingError(f"runs:/{run_id}: no such run in {redact(self.uri)}; copy the id from the "
-                                    "stage's last line or `ttclab ui`") from None
+                raise TrackingError(f"{asked or 'runs:/' + run_id}: no such run in {redact(self.uri)}; copy the id "
+                                    "from the stage's last line or `ttclab ui`") from None
         return self._artifact_uris[run_id]
 
     def local_artifact_dir(self, run_id: str) -> Path | None:
@@ -301,6 +302,7 @@ class Tracker:
         no artifact is a TrackingError."""
         if uri.startswith("runs:/"):
             run_id, _, rel = uri[len("runs:/") :].partition("/")
+            self._artifact_uri(run_id, uri)
             base = self.artifact_dir(run_id)
             path = base / rel
             if not path.resolve().is_relative_to(base.resolve()):
