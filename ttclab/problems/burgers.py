@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from tqdm import tqdm
 
+from ..progress import progress_bar
 from . import PROBLEMS
 from .base import PDEProblem, Trajectories, coordinates, frame_times, random_smooth, validate_domain
 from .fv import flux_divergence, hll, integrate, muscl_faces
@@ -89,7 +89,7 @@ class Burgers1d(PDEProblem):
         gen = torch.Generator().manual_seed(seed)
         u0 = (self.cfg.amp * random_smooth(gen, n, self.shape, self.cfg.k_max)).unsqueeze(1)
         times = torch.linspace(0.0, self.cfg.t_end, self.cfg.n_snapshots, dtype=torch.float64)
-        with tqdm(total=len(times) - 1, desc="burgers1d solver", disable=progress is False, leave=False) as bar:
+        with progress_bar(len(times) - 1, "burgers1d solver", disable=progress is False, leave=False) as bar:
             u = integrate(u0, times, self.rhs, self.max_dt, progress=bar.update)
         coords = coordinates(self)
         coords["t-coordinate"] = frame_times(self.cfg.t_end, self.cfg.n_snapshots)

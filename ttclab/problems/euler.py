@@ -16,8 +16,8 @@ from typing import Literal
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
+from ..progress import progress_bar
 from . import PROBLEMS
 from .base import PDEProblem, Trajectories, coordinates, frame_times, random_smooth, validate_domain
 from .fv import flux_divergence, hll, integrate, muscl_faces
@@ -182,7 +182,7 @@ class Euler(PDEProblem):
         gen = torch.Generator().manual_seed(seed)
         w0 = self.initial_conditions(n, gen)
         times = torch.linspace(0.0, self.cfg.t_end, self.cfg.n_snapshots, dtype=torch.float64)
-        with tqdm(total=len(times) - 1, desc=f"{self.name} solver", disable=progress is False, leave=False) as bar:
+        with progress_bar(len(times) - 1, f"{self.name} solver", disable=progress is False, leave=False) as bar:
             u = integrate(self.to_conservative(w0), times, self.rhs, self.max_dt, progress=bar.update)
         w = self.to_primitive(u)
         if not bool((w[:, :, 0] > 0).all() and (w[:, :, -1] > 0).all()):

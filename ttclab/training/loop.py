@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import torch
-from tqdm import tqdm
 
+from ..progress import progress_bar
 from ..errors import UserError
 from ..models import checkpoint
 from ..models.checkpoint import CheckpointError
@@ -62,7 +62,7 @@ def fit(model: torch.nn.Module, task: Task, cfg, *, seed: int, device="cpu",
         val = task.validate(model)
         log({**val, "epoch": 0}, 0)
         keep_if_best(model, state, val["val/loss"], 0)
-    bar = tqdm(total=cfg.epochs * task.steps_per_epoch, initial=state["step"], desc=desc, disable=not progress)
+    bar = progress_bar(cfg.epochs * task.steps_per_epoch, desc, initial=state["step"], disable=not progress)
     for epoch in range(state["epoch"], cfg.epochs):
         model.train()
         sums, seen, epoch_loss = {}, 0, 0.0
