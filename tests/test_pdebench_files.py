@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from ttclab.config import ConfigError, build
-from ttclab.data.datasets import DataConfig, SplitData, check_file
+from ttclab.data.datasets import DataConfig, Normalizer, SplitData, check_file
 from ttclab.data.pdebench import DataError, PDEBenchFile
 from ttclab.models import checkpoint, make_operator
 from ttclab.problems import make_problem
@@ -37,10 +37,6 @@ def pdebench_cfd(path, fields: np.ndarray, domain=(-1.0, 1.0), t_end=0.4, ndim=1
         f.attrs["eta"], f.attrs["zeta"] = 0.01, 0.01
         if ndim == 2:
             f.attrs["M"] = 0.1
-
-
-def project(tiny_project, problem="euler1d", *sets):
-    return tiny_project(problem, *sets)
 
 
 @pytest.fixture(scope="module")
@@ -259,8 +255,6 @@ def test_checkpoint_physics_must_match_the_project(tmp_path, cfd1d, tiny_project
     _, _, cfg = cfd1d  # gamma 5/3 on (-1, 1)
     problem = make_problem(cfg.problem)
     model = make_operator(cfg.model, n_fields=problem.n_fields, ndim=problem.ndim)
-    from ttclab.data.datasets import Normalizer
-
     path = checkpoint.save(tmp_path / "op.pt", problem_cfg=cfg.to_dict()["problem"], model_cfg=cfg.to_dict()["model"],
                            normalizer=Normalizer(np.zeros(3), np.ones(3)), model=model)
     _, _, loaded = checkpoint.load_operator(path, cfg.problem)
@@ -294,3 +288,23 @@ def test_2d_projection_is_positivity_safe_and_counted(tmp_path):
     counts = {}
     out = problem.project_conserved(nan, dict(totals) | {"mass": totals["mass"] * 0.2}, counts)
     assert counts["refused"] >= 1 and torch.equal(out[0], nan[0])
+
+
+def test_2d_cfd_file_reads_both_axes(tmp_path):
+    from conftest import build_tiny_project
+
+    cfg = build_tiny_project("euler2d", "problem.gamma=1.6666666666666667", "data.n_trajectories=4",
+                             "data.train=0.5", "data.val=0.25", "data.test=0.25")
+    problem = make_problem(cfg.problem)
+    fields = problem.solve(4, seed=1, progress=False).fields
+    path = tmp_path / "2D_CFD_Rand_M0.1_Eta0.01_Zeta0.01_periodic_128_Train.hdf5"
+    pdebench_cfd(path, fields, domain=(0.0, 1.0), t_end=cfg.problem.t_end, ndim=2)
+    with PDEBenchFile(path, problem) as f:
+        assert f.domain == [pytest.approx((0.0, 1.0), abs=1e-6)] * 2 and f.dx == pytest.approx((1 / 16, 1 / 16))
+        assert check_file(f, problem, cfg.data)["n_cells"] == 16
+    data = SplitData(path, problem, cfg.data)
+    assert conservation_drift(problem, data["train"].numpy())["energy"] < 1e-5
+    with h5py.File(path, "a") as f:
+        f["y-coordinate"][...] = f["y-coordinate"][()] * 2  # y on (0, 2): not the x domain
+    with PDEBenchFile(path, problem) as f, pytest.raises(DataError, match="is not square"):
+        check_file(f, problem, cfg.data)

@@ -85,10 +85,10 @@ def check_file(f: PDEBenchFile, problem: PDEProblem, cfg: DataConfig) -> dict:
             raise DataError(f"{path}: data.x_stride={cfg.x_stride} does not divide the file's {n} cells, so the "
                             f"strided periodic grid would not be uniform; use a divisor of {n}")
     grid = tuple(n // cfg.x_stride for n in f.spatial_shape)
-    if len(set(grid)) > 1 or len(set(f.domain)) > 1:
+    (lo, hi), *others = f.domain
+    if len(set(grid)) > 1 or not all(_close(a, lo, hi - lo) and _close(b, hi, hi - lo) for a, b in others):
         raise DataError(f"{path}: grid {f.spatial_shape} on {f.domain} is not square; ttclab's problems use "
                         f"one n_cells and domain for every axis")
-    lo, hi = f.domain[0]
     found = {"n_cells": grid[0], "domain": [float(f"{lo:.6g}"), float(f"{hi:.6g}")],
              "n_snapshots": f.n_snapshots, "t_end": float(f"{f.frame_times[-1] - f.frame_times[0]:.6g}"),
              **problem.file_physics(f.attrs)}

@@ -109,7 +109,8 @@ class PDEBenchFile:
                     f"{self.path}: missing dataset {key!r} required by problem {problem.name!r} "
                     f"(found: {found}); point data.path at a {problem.name} file in PDEBench layout"
                 )
-            self._datasets.append(self._file[key])
+            with _guard(self.path, f"dataset {key!r}"):
+                self._datasets.append(self._file[key])
         first = self._datasets[0]
         want = 2 + problem.ndim
         for key, ds in zip(_keys(problem), self._datasets):
@@ -118,7 +119,8 @@ class PDEBenchFile:
                     f"{self.path}: dataset {key!r} has shape {ds.shape}; expected (N, T, "
                     f"{', '.join('X Y Z'.split()[: problem.ndim])}) matching {first.shape}"
                 )
-        self.attrs = dict(self._file.attrs)
+        with _guard(self.path, "the file attributes"):
+            self.attrs = dict(self._file.attrs)
         self.grid = [cell_grid(self.path, key, self._coordinate(key, n))
                      for key, n in zip(AXES, self.spatial_shape)]
         t = self._coordinate("t-coordinate")
