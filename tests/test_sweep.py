@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from conftest import DEFAULT_PROJECT, TINY_GRIDS, TINY_OVERRIDES
 
 from ttclab.cli import main
-from ttclab.config import ConfigError, set_dotted
+from ttclab.config import ConfigError, parse_override, set_dotted
 from ttclab.sweep import load_spec, run_sweep
 from ttclab.sweep.study import StaleTrialHandler, open_storage, open_study
 from ttclab.tracking.store import Tracker
@@ -205,3 +205,24 @@ def test_grid_sampler_visits_each_point_once_across_workers(tmp_path, monkeypatc
         trial = workers[i % 2].ask()
         seen.append(trial.suggest_int("ttc.branching", 1, 9, step=2))
     assert sorted(seen) == [1, 3, 5, 7, 9]
+
+
+def test_trc_sweep_solves_the_teacher_once_before_any_trial(tmp_path, isolated_tracking):
+    """The declared trc -> trc_data input is precomputed by the runner (the old hand-written table
+    lacked it, so each parallel worker could solve the teacher itself inside its first trial)."""
+    from test_trc_stage import TINY
+
+    raw: dict = {"base": str(DEFAULT_PROJECT.parent / "double_integrator.yaml")}
+    for text in TINY:
+        set_dotted(raw, *parse_override(text))
+    project = tmp_path / "tiny_trc.yaml"
+    project.write_text(yaml.safe_dump(raw))
+    spec = write_spec(tmp_path, project, name="tiny-trc", stage="trc", n_trials=1,
+                      objective={"metric": "trc/success_rate", "direction": "maximize", "split": "val"},
+                      space={"trc.process_weight": {"type": "float", "low": 0.1, "high": 1.0}})
+    run_sweep(spec, n_trials=1, quiet=True)
+    tracker = Tracker(isolated_tracking)
+    (data,) = tracker.runs({"ttclab.stage": "trc_data"})
+    children = child_runs(tracker, parent_of(tracker, "tiny-trc").info.run_id)  # the trial, the test re-run
+    assert children and data.info.status == "FINISHED"
+    assert data.info.end_time <= min(r.info.start_time for r in children)
