@@ -75,14 +75,14 @@ def test_a_project_on_other_physics_gets_every_fix_in_one_line(cfd1d, tiny_proje
     assert "\n" not in message and str(path) in message
     assert "problem.domain=[0,1] but the file has [-1,1]" in message
     assert "problem.n_snapshots=5 but the file has 9" in message
-    assert "the file states no gamma and problem.gamma is unset" in message
-    assert "--set problem.domain=[-1,1] --set problem.n_snapshots=9 --set problem.gamma=1.6667" in message
+    assert "the file states no gamma and problem.gamma is unset (PDEBench's CFD data uses 5/3)" in message
+    assert message.endswith("fix: --set problem.domain=[-1,1] --set problem.n_snapshots=9 --set problem.gamma=1.6667")
 
 
 def test_gamma_must_be_explicit_for_a_file_without_gamma(cfd1d, tiny_project):
     path, _, _ = cfd1d
     unset = make_problem(tiny_project("euler1d", "problem.domain=[-1,1]").problem)
-    with PDEBenchFile(path, unset) as f, pytest.raises(DataError, match=r"no gamma.*--set problem.gamma=1.6667 \(PDEBench"):
+    with PDEBenchFile(path, unset) as f, pytest.raises(DataError, match=r"no gamma.*5/3\); fix: --set problem.gamma=1.6667$"):
         check_file(f, unset, DataConfig())
     explicit = make_problem(tiny_project("euler1d", "problem.domain=[-1,1]", "problem.gamma=1.4").problem)
     with PDEBenchFile(path, explicit) as f:

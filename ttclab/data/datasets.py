@@ -108,8 +108,8 @@ def check_file(f: PDEBenchFile, problem: PDEProblem, cfg: DataConfig) -> dict:
                if k not in found and getattr(pcfg, k) is None]
     if wrong or missing:
         parts = [f"problem.{k}={_show(have)} but the file has {_show(v)}" for k, have, v in wrong]
-        parts += [f"the file states no {k} and problem.{k} is unset" for k, _ in missing]
-        fixes = [f"--set problem.{k}={_show(v)}" for k, _, v in wrong] + [f"--set problem.{k}={h}" for k, h in missing]
+        parts += [f"the file states no {k} and problem.{k} is unset ({why})" for k, (_, why) in missing]
+        fixes = [f"--set problem.{k}={_show(v)}" for k, _, v in wrong] + [f"--set problem.{k}={v}" for k, (v, _) in missing]
         raise DataError(f"{path}: {'; '.join(parts)}; fix: {' '.join(fixes)}")
     return found | {"dx": f.dx[0] * cfg.x_stride}
 

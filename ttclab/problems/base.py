@@ -38,8 +38,9 @@ class PDEProblem:
     positive: tuple[str, ...] = ()  # fields that must stay > 0 (density, pressure)
     boundary: str = "periodic"
     ndim: int = 1
-    # Constants a data file may omit that the project must then set explicitly: key -> hint for the fix.
-    required_physics: dict[str, str] = {}
+    # Constants a data file may omit that the project must then set explicitly: key -> (suggested
+    # value, why), e.g. {"gamma": ("1.6667", "PDEBench's CFD data uses 5/3")}.
+    required_physics: dict[str, tuple[str, str]] = {}
 
     def __init__(self, cfg):
         self.cfg = cfg

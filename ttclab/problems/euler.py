@@ -56,7 +56,7 @@ BISECTIONS = 20  # admissible-fraction search of the projection: theta to 1e-6
 
 class Euler(PDEProblem):
     positive = ("density", "pressure")
-    required_physics = {"gamma": "1.6667 (PDEBench's CFD data uses 5/3)"}
+    required_physics = {"gamma": ("1.6667", "PDEBench's CFD data uses 5/3")}
 
     @property
     def shape(self):
