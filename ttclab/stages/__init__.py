@@ -7,7 +7,14 @@ key covers its own sections and those of every stage upstream. A stage reads an 
 `ctx.input(name, cfg)`: the explicit `--input name=URI` if given, else the artifact of the newest
 finished source run with the same project and key, the source stage running first when there is
 none (get-or-run), so any entry point works on a fresh clone. The CLI's `--input` check, the
-sweep's shared-upstream precomputation and `compare` read the same declaration.
+sweep's shared-upstream precomputation and `compare` read the same declaration. For example:
+
+    PRM = Input("prm", "train_prm", "model/prm.pt")             # stages/common.py
+
+    @stage("ttc", key=("sampling", "ttc", "arm"),                # -> needs generate, train (+ train_prm)
+           inputs=(DATA, OPERATOR, PRM.when(lambda cfg: cfg.ttc.reward == "prm")))
+    def ttc(cfg, ctx, run):
+        path = ctx.input("prm", cfg)                             # only when ttc.reward is prm
 """
 
 from __future__ import annotations

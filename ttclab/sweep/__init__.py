@@ -4,7 +4,7 @@
     study.py   storage (journal file / RDB), sampler, pruner, trial budget, stale-trial recovery
     worker.py  the trial loop: one nested MLflow run per trial, pruning through run.report
     report.py  best trial, best_trial.json, Optuna figures, the test-split re-run of the best
-    runner.py  `ttclab sweep`: parent run, shared upstream results, worker processes
+    runner.py  `ttclab sweep`: parent run, shared upstream runs (from @stage inputs), worker processes
 """
 
 from .runner import run_sweep
