@@ -114,12 +114,16 @@ def keep_mean(cand_n, valid, scores, cum, b, k):
 
 def keep_top(cand_n, valid, scores, cum, b, k):
     """Per IC the k candidates of best cumulative score over all its rows (k = 1: greedy).
-    topk sorts descending, so kept state 0 is always the IC's best. -> (kept, parent row, cum)."""
+    topk sorts descending, so kept state 0 is always the IC's best (finite: a fallback row has a
+    valid slot). When fewer than k are valid the beam repeats its best instead of keeping -inf
+    (invalid) states: the copies explore it with fresh noise. -> (kept, parent row, cum)."""
     kc, n = cum.shape[1], cand_n.shape[1]
     total = (cum.reshape(-1, 1) + scores).view(b, kc * n)
     top = total.topk(min(k, kc * n), dim=1)
-    kept = take(cand_n.view(b, kc * n, *cand_n.shape[2:]), top.indices)
-    return kept, top.indices // n, top.values
+    dead = top.values == -torch.inf
+    idx = torch.where(dead, top.indices[:, :1], top.indices)
+    kept = take(cand_n.view(b, kc * n, *cand_n.shape[2:]), idx)
+    return kept, idx // n, torch.where(dead, top.values[:, :1], top.values)
 
 
 KEEP = {"mean": keep_mean, None: keep_top}
