@@ -14,9 +14,7 @@ retry carries `retry_history`). Retried trials do not count against `n_trials`.
 from __future__ import annotations
 
 import fcntl
-import os
 import re
-import socket
 import warnings
 from pathlib import Path
 
@@ -27,7 +25,8 @@ from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock, Jou
 from optuna.trial import TrialState
 
 from ..config import ConfigError
-from ..tracking.store import home
+from ..process import is_dead
+from ..tracking.store import home, redact
 from .spec import SweepSpec
 
 # Heartbeats and the retry callback are marked experimental; they are the documented way to recover
@@ -46,12 +45,6 @@ def journal_path(name: str) -> Path:
 
 def is_rdb(uri: str | None) -> bool:
     return uri is not None and "://" in uri
-
-
-def redact(uri: str) -> str:
-    """`postgresql://user:secret@host/db` -> `postgresql://user:***@host/db`: what is printed, logged
-    and tagged. Textual, so it also hides the password of a URL SQLAlchemy cannot parse."""
-    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", uri)
 
 
 def storage_label(spec: SweepSpec, uri: str | None) -> str:
@@ -180,39 +173,16 @@ def used(study: optuna.Study) -> int:
     return sum(1 for t in study.get_trials(deepcopy=False) if t.number not in skip and t.state != TrialState.WAITING)
 
 
-def _start_time(pid: int) -> str | None:
-    """Process start time (clock ticks since boot) or None when the process is gone or a zombie;
-    comparing it guards against a recycled PID."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
-    return None if fields[0] in ("Z", "X") else fields[19]
-
-
-def worker_attrs() -> dict:
-    pid = os.getpid()
-    return {"ttclab.host": socket.gethostname(), "ttclab.pid": pid, "ttclab.pid_start": _start_time(pid)}
-
-
-def _alive(attrs: dict) -> bool:
-    started = _start_time(attrs["ttclab.pid"])
-    return started is not None and started == attrs.get("ttclab.pid_start")
-
-
 def recover_stale(study: optuna.Study, storage, handler: StaleTrialHandler) -> list[int]:
     """Fail RUNNING trials whose worker has died: by heartbeat (RDB storage, any machine; the
     handler is the storage's stale-trial callback) and by PID (this host, any storage). Returns
     the numbers failed by PID. Goes through the storage, not `study.tell`, which would also run
     the sampler's end-of-trial hook."""
     optuna.storages.fail_stale_trials(study)
-    host = socket.gethostname()
     study_id = storage.get_study_id_from_name(study.study_name)
     stale = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        attrs = trial.user_attrs
-        if attrs.get("ttclab.host") != host or "ttclab.pid" not in attrs or _alive(attrs):
+        if not is_dead(trial.user_attrs):
             continue  # alive, or another machine's worker (the RDB heartbeat covers those)
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
         try:

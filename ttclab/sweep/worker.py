@@ -18,10 +18,11 @@ import optuna
 from optuna.trial import TrialState
 
 from ..config import ConfigError
+from ..process import identity
 from ..stages import Context, resolve_device
 from ..tracking.store import Pruned, Tracker
 from .spec import ParamSpec, SweepSpec, load_spec
-from .study import BudgetLock, StaleTrialHandler, open_storage, open_study, recover_stale, retried, used, worker_attrs
+from .study import BudgetLock, StaleTrialHandler, open_storage, open_study, recover_stale, retried, used
 
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -111,7 +112,7 @@ def work(job: WorkerJob, on_trial: Callable[[str], None] | None = None) -> None:
     current: list[int] = []
 
     def objective(trial: optuna.Trial):
-        for key, value in worker_attrs().items():
+        for key, value in identity().items():
             trial.set_user_attr(key, value)
         lock.release()  # the trial exists now, so other workers' budget counts include it
         current[:] = [trial.number]

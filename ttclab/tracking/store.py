@@ -57,8 +57,9 @@ class TrackingError(UserError):
 
 
 def redact(uri: str) -> str:
-    """The URI with any password replaced by ***, for messages."""
-    return re.sub(r"//([^/:@]+):[^/@]*@", r"//\1:***@", uri)
+    """`postgresql://user:secret@host/db` -> `postgresql://user:***@host/db`: what is printed, logged
+    and tagged. Textual, so it also hides the password of a URL SQLAlchemy cannot parse."""
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", uri)
 
 
 def quoted(value) -> str:
