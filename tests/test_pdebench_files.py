@@ -15,9 +15,11 @@ from ttclab.config import ConfigError, build
 from ttclab.data.datasets import DataConfig, Normalizer, SplitData, check_file
 from ttclab.data.pdebench import DataError, PDEBenchFile
 from ttclab.models import checkpoint, make_operator
-from ttclab.problems import make_problem
+from ttclab.problems import make_problem, physics_tags
 from ttclab.rewards.arm import arm_terms
+from ttclab.stages import Context
 from ttclab.stages.generate import check_external, conservation_drift
+from ttclab.tracking.store import Tracker
 
 FIVE_THIRDS = 5 / 3
 
@@ -308,3 +310,16 @@ def test_2d_cfd_file_reads_both_axes(tmp_path):
         f["y-coordinate"][...] = f["y-coordinate"][()] * 2  # y on (0, 2): not the x domain
     with PDEBenchFile(path, problem) as f, pytest.raises(DataError, match="is not square"):
         check_file(f, problem, cfg.data)
+
+
+def test_every_run_tags_the_physics_it_used(isolated_tracking, cfd1d, tiny_project):
+    """The generate run of an external file: physics.* tags (gamma resolved), drift metrics."""
+    path, _, _ = cfd1d
+    cfg = tiny_project("euler1d", "problem.domain=[-1,1]", "problem.gamma=1.6666666666666667", f"data.path={path}",
+                       "data.n_trajectories=4", "data.train=0.5", "data.val=0.25", "data.test=0.25")
+    tracker = Tracker(isolated_tracking)
+    run_id, _ = Context(tracker, progress=False).run("generate", cfg)
+    run = tracker.run_info(run_id)
+    assert run.data.tags["physics.gamma"] == str(FIVE_THIRDS) and run.data.tags["physics.domain"] == "(-1.0, 1.0)"
+    assert run.data.metrics["data/conservation/energy"] < 1e-5
+    assert physics_tags(tiny_project("euler1d").problem)["physics.gamma"] == "1.4"  # unset: the value it means

@@ -28,6 +28,7 @@ from typing import Any, Callable
 import torch
 
 from ..config import ConfigError
+from ..problems import physics_tags
 from ..registry import Registry
 
 STAGES: Registry = Registry("stage")
@@ -132,7 +133,7 @@ class Context:
     def run(self, name: str, cfg, tags: dict | None = None) -> tuple[str, dict]:
         """Execute stage `name` on `cfg` as a new MLflow run -> (run id, outputs)."""
         st = STAGES.get(name)
-        run_tags = {"ttclab.key": cfg.key(*st.key), **self.extra_tags, **(tags or {})}
+        run_tags = {"ttclab.key": cfg.key(*st.key), **physics_tags(cfg.problem), **self.extra_tags, **(tags or {})}
         params = {**cfg.flat(), "runtime.device": str(self.device)}
         for dead in self.tracker.close_dead_runs():
             print(f"[ttclab] closed run {dead.info.run_id} ({dead.data.tags.get('ttclab.stage')}) as FAILED: "

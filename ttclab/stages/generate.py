@@ -47,8 +47,6 @@ def check_external(problem, cfg, run) -> None:
 def generate(cfg, ctx, run):
     """Generate the data set (or check an existing PDEBench file named by data.path)."""
     problem = make_problem(cfg.problem)
-    # The physics actually used (unset gamma resolved to its default), beside the config params.
-    run.tags({f"physics.{k}": v for k, v in problem.physics().items()})
     if cfg.data.path:
         check_external(problem, cfg, run)
         return {"path": Path(cfg.data.path)}
