@@ -70,10 +70,12 @@ def guard(scores: torch.Tensor | None, valid: torch.Tensor, reward) -> torch.Ten
 
 def neutral(scores: torch.Tensor, valid: torch.Tensor, ic: torch.Tensor, b: int) -> torch.Tensor:
     """(R,) the step score a fallback row carries. Not 0, which is the best possible ARM, PRM and
-    oracle score and made beam search prefer fallback branches: a row whose candidates tied gets
-    the tie value (the mean of its valid scores: what the reward said of every candidate), a row
-    with no valid candidate the mean valid score of its IC's other rows at this step, and 0 when
-    no row of the IC has one (every row of the IC falls back alike: the constant cannot reorder)."""
+    oracle score and made beam search prefer fallback branches. With V_r the valid slots of row r:
+        tied row (V_r not empty):  s_r = mean_{j in V_r} score_rj   (the tie value: what the reward
+                                   said of every candidate, so the path keeps its true score)
+        no valid candidate:        s_r = mean over the valid slots of every row of r's IC,
+                                   0 when there are none (all rows of the IC fall back alike, and a
+                                   common constant cannot reorder them)."""
     s = torch.where(valid, scores, torch.zeros_like(scores)).sum(1)
     count = valid.sum(1).to(scores.dtype)
     ic_s = scores.new_zeros(b).index_add(0, ic, s)[ic]
@@ -83,8 +85,8 @@ def neutral(scores: torch.Tensor, valid: torch.Tensor, ic: torch.Tensor, b: int)
 
 def fall_back(model, correct, x, ic, rows, cand_n, valid, scores, b):
     """Replace the candidates of fallback `rows` by the deterministic step (corrected like the
-    candidates) in slot 0, the only valid slot of the row, scored `neutral` (-inf elsewhere), so
-    a beam keeps it once rather than N copies. -> (cand_n, valid, scores)."""
+    candidates) in slot 0, the only valid slot of the row, scored `neutral` (-inf elsewhere): it
+    competes in the beam as one candidate, not as N copies. -> (cand_n, valid, scores)."""
     det_n, _ = correct(model(x[rows]).unsqueeze(1), ic[rows])
     if scores is not None:
         fill = neutral(scores, valid, ic, b)[rows]
