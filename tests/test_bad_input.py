@@ -155,6 +155,7 @@ CASES = {
     "set-unknown-limiter": (lambda L: ["train", L.project, "--set", "problem.limiter=superbee"],
                             ["problem.limiter", "minmod"]),
     "set-unknown-split": (lambda L: ["ttc", L.project, "--set", "ttc.split=holdout"], ["ttc", "split"]),
+    "set-negative-horizon": (lambda L: ["ttc", L.project, "--set", "ttc.horizons=[-1]"], ["ttc", "horizons >= 1"]),
     "device-cuda-absent": (lambda L: ["train", L.project, "--device", "cuda"], ["--device cuda"]),
     "compare-without-ttc-runs": (lambda L: ["compare", L.project, "--set", "name=nothing-yet"], ["ttclab ttc"]),
     "trc-on-a-pde-project": (lambda L: ["trc", L.project], ["problem.type", "control problem"]),
@@ -295,3 +296,10 @@ def test_store_urls_reach_workers_by_environment_not_argv(monkeypatch):
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     assert job_from_process(argv) == job
+
+
+def test_read_only_tracking_store_is_one_line(lab, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///file:{lab.store}?mode=ro&uri=true")
+    result = CliRunner().invoke(main, ["generate", str(lab.project), "--quiet", "--seed", "7"])
+    assert outcome(result, ["tracking store", "readonly database", "writable"]) == "clear", result.output
+    assert store_state(lab.store) == ("ok", 0)

@@ -7,6 +7,7 @@ runs as one MLflow run. Bad input ends with a one-line error naming the file and
 from __future__ import annotations
 
 import errno
+import logging
 import sqlite3
 import sys
 from contextlib import contextmanager
@@ -24,7 +25,11 @@ DISK_FIXES = {
     errno.EACCES: "no permission to write there; fix its permissions or point TTCLAB_HOME / MLFLOW_TRACKING_URI "
                   "at a folder you own",
 }
-SQLITE_FIXES = {"readonly": errno.EROFS, "disk is full": errno.ENOSPC, "unable to open database": errno.EACCES}
+SQLITE_FIXES = {
+    "readonly": "make the database file and its folder writable, or point MLFLOW_TRACKING_URI / TTCLAB_HOME elsewhere",
+    "disk is full": DISK_FIXES[errno.ENOSPC],
+    "unable to open database": "check that its folder exists and is writable",
+}
 
 
 def _debug() -> bool:
@@ -46,11 +51,11 @@ def _disk_error(err: BaseException) -> str | None:
         if isinstance(err, OSError) and err.errno in DISK_FIXES:
             return f"{err.filename or 'a write'}: {err.strerror}; {DISK_FIXES[err.errno]}"
         if isinstance(err, sqlite3.OperationalError):
-            for text, code in SQLITE_FIXES.items():
+            for text, fix in SQLITE_FIXES.items():
                 if text in str(err):
                     from .tracking.store import default_tracking_uri
 
-                    return f"tracking store {default_tracking_uri()}: {err}; {DISK_FIXES[code]}"
+                    return f"tracking store {default_tracking_uri()}: {err}; {fix}"
         err = err.__cause__ or err.__context__
     return None
 
@@ -91,7 +96,7 @@ def _parse_inputs(stage: str, items: tuple[str, ...]) -> dict[str, str]:
 
 def run_stage(name: str, project: str, overrides, device: str, seed, inputs, quiet: bool, tracking_uri=None):
     from .project import load_project
-    from .stages import Context, resolve_device, set_threads
+    from .stages import Context, resolve_device, set_threads, unread_inputs
     from .tracking.store import Tracker
 
     sets = list(overrides) + ([f"seed={seed}"] if seed is not None else [])
@@ -99,6 +104,10 @@ def run_stage(name: str, project: str, overrides, device: str, seed, inputs, qui
         try:
             given = _parse_inputs(name, inputs)
             cfg = load_project(project, sets)
+            unread = unread_inputs(name, cfg, given)
+            if unread:
+                raise ConfigError(f"--input {unread[0]}=...: `{name}` does not read {unread[0]!r} with this config "
+                                  "(e.g. prm only when ttc.reward is prm, data only without data.path); drop it")
             ctx = Context(Tracker(tracking_uri), resolve_device(device), progress=not quiet, inputs=given)
             set_threads()
             run_id, outputs = ctx.run(name, cfg)
@@ -134,6 +143,8 @@ def stage_command(name: str, help_text: str) -> click.Command:
 def main(ctx, debug):
     """ttclab: test-time computing on learned PDE simulators, tracked in MLflow."""
     ctx.obj = {"debug": debug}
+    if not debug:  # MLflow logs a failed SQL write with its traceback before raising it; we report it in one line
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     raise_on_sigterm()  # `kill`, `timeout` and schedulers end a run KILLED (exit 143), like Ctrl-C
 
 

@@ -33,8 +33,8 @@ class TTCConfig:
     def validate(self):
         if self.reward not in REWARDS:
             raise ValueError(f"unknown reward {self.reward!r}; valid: {', '.join(selector_names())}")
-        if self.branching < 1 or self.beam < 1 or self.n_ics < 0:
-            raise ValueError("need branching >= 1, beam >= 1, n_ics >= 0")
+        if self.branching < 1 or self.beam < 1 or self.n_ics < 0 or any(h < 1 for h in self.horizons):
+            raise ValueError("need branching >= 1, beam >= 1, n_ics >= 0 and horizons >= 1")
         if self.split not in ("train", "val", "test"):
             raise ValueError("split must be train, val or test")
 
