@@ -209,3 +209,23 @@ def test_every_selector_is_named_once_in_the_registry():
     assert REWARDS.get("oracle").needs_truth and not REWARDS.get("random").abstains
     with pytest.raises(ValueError, match="valid: baseline, random, ensemble, arm, prm, oracle"):
         TTCConfig(reward="armm").validate()
+
+
+def test_example_figure_is_drawn_on_the_problems_cell_centres(monkeypatch):
+    """PDEBench's 1D CFD domain is (-1, 1): the example figure's x axis must say so, not (0, 1)."""
+    from conftest import build_tiny_project
+    from ttclab.stages import ttc as stage
+
+    problem = make_problem(build_tiny_project("euler1d", "problem.domain=[-1.0, 1.0]").problem)
+    truth = torch.rand(2, 3, 3, 32) + 1
+    ev = stage._evaluate(problem, truth, truth)
+    seen = {}
+    monkeypatch.setattr(stage.figures, "fields_at_times", lambda x, *a: seen.update(x=x) or "")
+
+    class Run:
+        def text(self, body, name):
+            pass
+
+    stage._artifacts(Run(), problem, truth, ev, ev, torch.zeros(2), {"baseline": ev["mse"].mean(0)}, [1, 2],
+                     "arm", truth)
+    assert seen["x"][0] == pytest.approx(-1 + 1 / 32) and seen["x"][-1] == pytest.approx(1 - 1 / 32)

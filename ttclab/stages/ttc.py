@@ -24,16 +24,11 @@ from ..metrics.ttc import best_pick_rate, headroom_captured, sample_gain, summar
 from ..rewards import control_names, make_reward, selector_names
 from ..tracking import figures
 from ..models.checkpoint import load_operator
-from ..problems.base import coordinates
 from ..ttc.search import SearchResult, search
 from . import STAGES, stage
 from .common import DATA, OPERATOR, PRM, data_path, operator_path
 
 _REFERENCES: dict = {}
-
-
-def prm_path(cfg, ctx):
-    return ctx.input("prm", cfg)
 
 
 def _reward(name, cfg, ctx, problem):
@@ -42,7 +37,7 @@ def _reward(name, cfg, ctx, problem):
     deps = {"problem": problem, "arm": cfg.arm, "device": ctx.device,
             "generator": torch.Generator().manual_seed(cfg.sampling.seed + 1)}
     if name == "prm":
-        deps["prm_path"] = prm_path(cfg, ctx)
+        deps["prm_path"] = ctx.input("prm", cfg)
     return make_reward(name, **deps)
 
 
@@ -203,6 +198,6 @@ def _artifacts(run, problem, truth, base, ev, gain, curves, horizons, name, traj
     if problem.ndim == 1:
         example = {"truth": truth[0].cpu().numpy(), "baseline": base["traj"][0].cpu().numpy(),
                    name: traj[0].cpu().numpy()}
-        x = coordinates(problem)["x-coordinate"]  # cell centres of the problem's domain
+        x = problem.cell_centres(0)  # on the problem's domain: PDEBench's 1D CFD covers (-1, 1)
         times = sorted({1, truth.shape[1] // 2, truth.shape[1] - 1})
         run.text(figures.fields_at_times(x, list(problem.fields), times, example), "figures/example.html")
