@@ -17,6 +17,7 @@ import yaml
 from conftest import DEFAULT_PROJECT, TINY_GRIDS, TINY_OVERRIDES
 
 from ttclab.config import set_dotted
+from ttclab.process import start_time
 from ttclab.tracking.store import Tracker
 
 # Enough epochs that training (~10 ms per tiny epoch) outlasts the moment the test signals it.
@@ -122,6 +123,25 @@ def test_four_processes_on_a_fresh_store_train_the_operator_once(tmp_path, proje
         tables = [t for (t,) in db.execute("select name from sqlite_master where type='table'")]
         assert db.execute("pragma integrity_check").fetchone() == ("ok",)
     assert not [t for t in tables if t.startswith("_alembic_tmp")]
+
+
+def test_sigterm_of_a_sweep_reaches_its_workers(tmp_path, project, isolated_tracking):
+    """SIGTERM reaches only the sweep's own process: it must pass it on to its workers, whose trial
+    runs end KILLED (queued for retry), instead of waiting for them to finish the study."""
+    spec = {"name": "tiny-term", "project": str(project), "stage": "train", "n_trials": 2,
+            "objective": {"metric": "val/best_loss", "direction": "minimize"}, "fixed": {"train.epochs": 3000},
+            "sampler": {"type": "random", "seed": 0}, "pruner": {"type": "none"},
+            "space": {"train.lr": {"type": "float", "low": 1.0e-4, "high": 1.0e-2, "log": True}}}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    tracker = Tracker(isolated_tracking)
+    proc = ttclab(tmp_path, "sweep", str(tmp_path / "spec.yaml"), "--workers", "2", "--quiet")
+    wait_for_last_pt(tracker, proc)
+    workers = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 143, output(tmp_path)
+    assert [pid for pid in workers if start_time(int(pid)) is not None] == []  # none left (zombies aside)
+    trials = tracker.runs({"ttclab.sweep": "tiny-term", "ttclab.stage": "train"})
+    assert trials and {r.info.status for r in trials} == {"KILLED"}
 
 
 CHILD = """

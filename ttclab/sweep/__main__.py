@@ -6,19 +6,21 @@ Kept apart from worker.py so the package import does not load the module `-m` is
 import sys
 
 from ..errors import UserError
+from ..process import raise_on_sigterm
 from ..stages import set_threads
 from .worker import job_from_process, work
 
 
 def main(argv: list[str]) -> int:
     set_threads()
+    raise_on_sigterm()  # the runner passes a SIGTERM on: end the trial's run KILLED and queue it again
     try:
         work(job_from_process(argv[0]))
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as err:
+        return getattr(err, "exit_code", 130)
     return 0
 
 

@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..config import ConfigError
+from ..process import Terminated
 from ..stages import STAGES, Context, resolve_device
 from ..tracking.store import Tracker
 from .report import finalize
@@ -112,8 +113,11 @@ def _run_workers(spec: SweepSpec, job: WorkerJob, workers: int, study, store, ha
                 if trial.number not in shown:
                     shown.add(trial.number)
                     say(progress_line(spec, study, trial, job.n_trials))
-    except KeyboardInterrupt:
-        for proc in procs:  # they got the Ctrl-C too; let them mark their trials for retry
+    except KeyboardInterrupt as err:
+        for proc in procs:  # a terminal's Ctrl-C reached them too; a SIGTERM reached only this process
+            if isinstance(err, Terminated) and proc.poll() is None:
+                proc.terminate()
+        for proc in procs:  # let them mark their trials for retry
             proc.wait()
         raise
     if all(code != 0 for code in exits.values()):
