@@ -152,7 +152,8 @@ def last_pt(tmp_path, setup):
     model = new_model(cfg, problem)
     path = tmp_path / "last.pt"
     train(model, train_pairs, val_pairs, dataclasses.replace(cfg.train, epochs=1), progress=False,
-          on_epoch=lambda e, v, state: save(path, cfg, model, data, **{k: x for k, x in state.items() if k != "state_dict"}))
+          on_epoch=lambda e, v, state: save(path, cfg, model, data,
+                                            **{k: x for k, x in state.items() if k != "state_dict"}))
     return path
 
 
@@ -204,8 +205,8 @@ def operator_losses(**train_overrides):
     torch.manual_seed(0)
     model = torch.nn.Conv1d(3, 3, 3, padding=1, padding_mode="circular")
     logged = []
-    train(model, (x[:32], y[:32]), (x[32:], y[32:]), TrainConfig(epochs=2, batch_size=8, lr=1e-2, log_every=1, **train_overrides),
-          seed=0, log=lambda m, s: logged.append(m), progress=False)
+    cfg = TrainConfig(epochs=2, batch_size=8, lr=1e-2, log_every=1, **train_overrides)
+    train(model, (x[:32], y[:32]), (x[32:], y[32:]), cfg, seed=0, log=lambda m, s: logged.append(m), progress=False)
     return [m.get("train/loss", m.get("val/loss")) for m in logged]
 
 

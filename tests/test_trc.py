@@ -12,7 +12,9 @@ from ttclab.problems import make_problem
 from ttclab.problems.control.double_integrator import DoubleIntegratorConfig
 from ttclab.problems.control.vanderpol import VanDerPolConfig
 from ttclab.training.losses import CONTROLLER_LOSSES, iterate_costs, process_loss
-from ttclab.training.trc import TRCConfig, fit, validate_controller, with_teacher_cost
+from ttclab.config import to_dict
+from ttclab.models.checkpoint import CheckpointError
+from ttclab.training.trc import TRCConfig, fit, load_controller, save_controller, validate_controller, with_teacher_cost
 
 
 def problems(n, seed=0, **kw):
@@ -184,3 +186,24 @@ def test_short_behaviour_cloning_on_double_integrator_succeeds():
     model.load_state_dict(state["best_state"])
     result = validate_controller(model, problem, data["test"], "cpu")
     assert result["val/success_rate"] > 0.9
+
+
+def test_controller_checkpoint_round_trip_and_bad_files(tmp_path):
+    """Round trip is exact; a file without state_dict, or with another architecture's weights, is a
+    one-line CheckpointError naming the file and the entry."""
+    problem_cfg = DoubleIntegratorConfig()
+    problem = make_problem(problem_cfg)
+    small, wide = TRCModelConfig(latent=16, layers=1, H_cycles=1), TRCModelConfig(latent=24, layers=1, H_cycles=1)
+    model = make_model(small, **problem.dims)
+    path = save_controller(tmp_path / "trc.pt", model, problem_cfg, small)
+    loaded, loaded_problem = load_controller(path)
+    x0, target = torch.randn(3, 2), torch.randn(3, 2)
+    assert torch.equal(loaded(x0, target).controls[-1], model.eval()(x0, target).controls[-1])
+    assert loaded_problem.name == "double_integrator"
+    blob = torch.load(path, weights_only=True)
+    torch.save({k: v for k, v in blob.items() if k != "state_dict"}, no_weights := tmp_path / "nosd.pt")
+    with pytest.raises(CheckpointError, match=r"nosd.pt: controller checkpoint has no 'state_dict' entry"):
+        load_controller(no_weights)
+    torch.save({**blob, "model": to_dict(wide)}, other := tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match=r"other.pt: weights do not match .*\(16,\) vs \(24,\)"):
+        load_controller(other)

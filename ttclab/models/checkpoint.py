@@ -67,6 +67,17 @@ def read(path: str | Path, fmt: str = FORMAT, fix: str = "train one with `ttclab
     return blob
 
 
+def weights_mismatch(model, state_dict: dict) -> str | None:
+    """The first entry where `state_dict` does not fit `model`, as "name (file shape) vs (model
+    shape)" (None for a missing side), or None when every name and shape fits."""
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in state_dict.items()}
+    if want == got:
+        return None
+    bad = sorted(set(want) ^ set(got)) or [k for k in want if want[k] != got[k]]
+    return f"{bad[0]} {got.get(bad[0])} vs {want.get(bad[0])}"
+
+
 def load_operator(path: str | Path, expect_problem=None, device="cpu"):
     """-> (model in eval mode, Normalizer, problem). Checks that the checkpoint's problem and weight
     shapes match before loading, so a wrong checkpoint fails with a message, not a size mismatch.
@@ -87,13 +98,11 @@ def load_operator(path: str | Path, expect_problem=None, device="cpu"):
         model = make_operator(mcfg, n_fields=problem.n_fields, ndim=problem.ndim)
     except (ConfigError, KeyError, OperatorError) as err:
         raise CheckpointError(f"{path}: stored config is invalid ({err}); retrain it") from None
-    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    got = {k: tuple(v.shape) for k, v in blob["state_dict"].items()}
-    if want != got:
-        bad = sorted(set(want) ^ set(got)) or [k for k in want if want[k] != got[k]]
+    bad = weights_mismatch(model, blob["state_dict"])
+    if bad:
         raise CheckpointError(
             f"{path}: weights do not match a {mcfg_d['type']} with the stored config (first mismatch: "
-            f"{bad[0]} {got.get(bad[0])} vs {want.get(bad[0])}); the file is corrupt or from another version"
+            f"{bad}); the file is corrupt or from another version"
         )
     if not isinstance(expect_problem, (str, type(None))):
         check_physics(path, problem, make_problem(expect_problem))

@@ -116,13 +116,10 @@ def restore(model, opt, sched, state: dict, resume: dict, source: str) -> None:
     if missing:
         raise CheckpointError(f"{source}: not a resumable checkpoint (no {missing[0]!r}); resume from the "
                               "model/last.pt of a train run, or drop --input resume to start afresh")
-    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    got = {k: tuple(v.shape) for k, v in resume["state_dict"].items()}
-    if want != got:
-        bad = sorted(set(want) ^ set(got)) or [k for k in want if want[k] != got[k]]
-        raise CheckpointError(f"{source}: weights are for another architecture (first mismatch: {bad[0]} "
-                              f"{got.get(bad[0])} in the file vs {want.get(bad[0])} in the model); resume "
-                              "with the model config it was trained with, or drop --input resume")
+    bad = checkpoint.weights_mismatch(model, resume["state_dict"])
+    if bad:
+        raise CheckpointError(f"{source}: weights are for another architecture (first mismatch: {bad}, file vs "
+                              "model); resume with the model config it was trained with, or drop --input resume")
     model.load_state_dict(resume["state_dict"])
     opt.load_state_dict(resume["optimizer"])
     sched.load_state_dict(resume["scheduler"])

@@ -6,14 +6,13 @@ cloning, process supervision, value probe) are CONTROLLER_LOSSES "bc" and "ps" (
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal
 
 import torch
 
-from ..config import build, to_dict
+from ..config import ConfigError, build, to_dict
 from ..models import MODELS, checkpoint, make_model
 from ..problems import PROBLEMS, make_problem
 from .loop import Task
@@ -98,23 +97,27 @@ def fit(model, problem, data: dict, cfg: TRCConfig, *, device="cpu", seed: int =
 
 
 def save_controller(path: str | Path, model, problem_cfg, model_cfg, **extra) -> Path:
-    """Configs as dicts + weights, loadable with weights_only=True; temp file + rename so a crash
-    never leaves a truncated checkpoint."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Configs as dicts + weights, loadable with weights_only=True, written atomically."""
     blob = {"format": FORMAT, "problem": to_dict(problem_cfg), "model": to_dict(model_cfg),
             "state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, **extra}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(blob, tmp)
-    os.replace(tmp, path)
-    return path
+    return checkpoint.atomic_save(blob, path)
 
 
 def load_controller(path: str | Path, device="cpu"):
-    """-> (controller in eval mode, its problem)."""
-    blob = checkpoint.read(path, FORMAT, "train one with `ttclab trc`", kind="controller ")
-    problem = make_problem(build(PROBLEMS.get(blob["problem"]["type"]).Config, blob["problem"], str(path), "problem"))
-    mcfg = build(MODELS.get(blob["model"]["type"]).Config, blob["model"], str(path), "model")
-    model = make_model(mcfg, **problem.dims)
+    """-> (controller in eval mode, its problem). A file without an entry, with an invalid stored
+    config or with weights of another shape is a one-line CheckpointError naming it."""
+    fix = "train one with `ttclab trc`"
+    blob = checkpoint.read(path, FORMAT, fix, kind="controller ", keys=("problem", "model", "state_dict"))
+    try:
+        problem = make_problem(build(PROBLEMS.get(blob["problem"]["type"]).Config, blob["problem"], str(path),
+                                     "problem"))
+        model = make_model(build(MODELS.get(blob["model"]["type"]).Config, blob["model"], str(path), "model"),
+                           **problem.dims)
+    except (ConfigError, KeyError) as err:  # UnknownName is a KeyError too
+        raise checkpoint.CheckpointError(f"{path}: stored config is invalid ({err}); {fix}") from None
+    bad = checkpoint.weights_mismatch(model, blob["state_dict"])
+    if bad:
+        raise checkpoint.CheckpointError(f"{path}: weights do not match the stored controller config (first "
+                                         f"mismatch: {bad}); the file is corrupt or from another version")
     model.load_state_dict(blob["state_dict"])
     return model.to(device).eval(), problem
