@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from ttclab.project import load_project
-from ttclab.stages import STAGES, Context, input_names
+from ttclab.stages import STAGES, Context, input_names, unread_inputs
 from ttclab.sweep import load_spec
 from ttclab.sweep.runner import shared_upstream
 
@@ -116,6 +116,27 @@ def test_reading_an_undeclared_input_is_a_bug_that_names_the_stage(stage, name, 
     with pytest.raises(LookupError, match=re.escape(fragment)) as err:
         Context(FakeTracker(), stage=stage).input(name, load_project(PROJECT, sets))
     assert repr(stage) in str(err.value)
+
+
+@pytest.mark.parametrize("stage, sets, given, unread", [
+    ("ttc", ["ttc.reward=arm"], ["operator", "prm"], ["prm"]),
+    ("ttc", ["ttc.reward=prm"], ["data", "operator", "prm"], []),
+    ("train", ["data.path=x.h5"], ["data", "resume"], ["data"]),
+    ("train_prm", ["prm.anchor=set_mean"], ["operator"], []),  # build_prm, run first if need be, reads it
+])
+def test_given_inputs_that_no_stage_would_read_are_found(stage, sets, given, unread):
+    assert unread_inputs(stage, load_project(PROJECT, sets), given) == unread
+
+
+def test_cli_refuses_an_input_the_config_never_reads(isolated_tracking):
+    from click.testing import CliRunner
+
+    from ttclab.cli import main
+
+    result = CliRunner().invoke(main, ["ttc", str(PROJECT), "--set", "ttc.reward=arm", "--input", "prm=p.pt"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith("error: --input prm=...: `ttc` does not read 'prm'") and "ttc.reward" in line
 
 
 def write_spec(folder: Path, stage: str, space: dict, fixed: dict | None = None) -> Path:

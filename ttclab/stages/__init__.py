@@ -112,6 +112,17 @@ def input_names(stage: str) -> tuple[str, ...]:
     return tuple(inp.name for inp in STAGES.get(stage).inputs)
 
 
+def unread_inputs(stage: str, cfg, names) -> list[str]:
+    """Those of `names` that neither `stage` nor any stage it may run first reads with cfg (given
+    inputs pass on to upstream runs: `ttc --input data=URI` trains on that data if it must train)."""
+    read, todo = set(), [stage]
+    while todo:
+        st = STAGES.get(todo.pop())
+        read.update(inp.name for inp in st.needed(cfg))
+        todo.extend(st.needs(cfg))
+    return [name for name in names if name not in read]
+
+
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
