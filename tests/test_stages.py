@@ -73,6 +73,7 @@ def test_keys_and_needs_follow_from_the_inputs():
     for name in STAGES.names():
         for inp in STAGES.get(name).inputs:
             assert inp.source is None or key[inp.source] <= key[name], (name, inp.name)
+    assert key["compare"] == key["ttc"]  # the table is made of ttc runs: the same sections decide it
     assert STAGES.get("ttc").needs(cfg) == ("generate", "train")
     prm_cfg = load_project(PROJECT, ["ttc.reward=prm"])
     assert STAGES.get("ttc").needs(prm_cfg) == ("generate", "train", "train_prm")
