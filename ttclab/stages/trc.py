@@ -89,8 +89,7 @@ def trc(cfg, ctx, run):
         run.report("val/trc/success_rate", val["val/success_rate"], epoch)  # what process_weight sweeps prune on
 
     state = fit(model, problem, data, cfg.trc, device=ctx.device, seed=cfg.seed, log=run.log, on_epoch=on_epoch,
-                progress=ctx.progress)
-    model.load_state_dict(state["best_state"])
+                progress=ctx.progress)  # leaves the best weights in model
     with tempfile.TemporaryDirectory(prefix="ttclab-trc-") as tmp:
         path = save_controller(Path(tmp) / Path(CHECKPOINT).name, model, cfg.problem, cfg.model,
                                best_val=state["best_val"], epoch=state["epoch"])
