@@ -7,11 +7,9 @@ stages run on demand and parallel workers never fight over an "active run".
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import tempfile
 import time
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -22,66 +20,8 @@ from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from ..errors import UserError  # noqa: E402
 from ..process import file_lock, identity, is_dead, run_forwarding  # noqa: E402
-
-PACKAGE_ROOT = Path(__file__).resolve().parents[2]
-
-
-def home() -> Path:
-    """Where the default store, artifacts and local sweep journals live: $TTCLAB_HOME, else the
-    repository root for a source checkout (so `mlflow ui` run there sees the same store), else
-    ~/.ttclab. Absolute, so the store does not depend on the current directory."""
-    if os.environ.get("TTCLAB_HOME"):
-        return Path(os.environ["TTCLAB_HOME"]).expanduser().resolve()
-    if (PACKAGE_ROOT / "pyproject.toml").is_file() and (PACKAGE_ROOT / "MLproject").is_file():
-        return PACKAGE_ROOT
-    return Path.home() / ".ttclab"
-
-
-def default_tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home() / 'mlflow.db'}"
-
-
-def is_local_store(uri: str) -> bool:
-    return uri.startswith("sqlite:") or uri.startswith("file:") or "://" not in uri
-
-
-def _safe(name: str) -> str:
-    """A file-name-safe form of a URI or name."""
-    return re.sub(r"[^\w.-]", "_", name)
-
-
-class TrackingError(UserError):
-    """A tracking store, run, model or artifact that cannot be used as given."""
-
-
-def redact(uri: str) -> str:
-    """`postgresql://user:secret@host/db` -> `postgresql://user:***@host/db`: what is printed, logged
-    and tagged. Textual, so it also hides the password of a URL SQLAlchemy cannot parse."""
-    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", uri)
-
-
-def quoted(value) -> str:
-    """A value as an MLflow search-filter string literal. The filter grammar has no escape
-    character, but either quote may delimit a string: use the one the value does not contain."""
-    text = str(value)
-    if "'" not in text:
-        return f"'{text}'"
-    if '"' not in text:
-        return f'"{text}"'
-    raise TrackingError(f"{text!r}: a name used in run searches may not contain both ' and \"; rename it")
-
-
-def _check_server(uri: str) -> None:
-    """Fail fast, in one line, when no MLflow server answers (the client itself would retry for
-    minutes and then print a long traceback)."""
-    try:
-        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=5).close()
-    except (OSError, ValueError) as err:
-        raise TrackingError(f"MLFLOW_TRACKING_URI={redact(uri)}: no MLflow server answers there "
-                            f"({getattr(err, 'reason', err)}); start it (`mlflow server ...`) or fix the URI") from None
-
+from .uris import TrackingError, check_server, default_tracking_uri, home, quoted, redact, safe_name  # noqa: E402,F401
 
 class Pruned(Exception):
     """Raised through a stage by a sweep's reporter to stop a trial early; its run ends KILLED."""
@@ -146,7 +86,7 @@ class Tracker:
     def __init__(self, uri: str | None = None):
         self.uri = uri or default_tracking_uri()
         if self.uri.startswith(("http://", "https://")):
-            _check_server(self.uri)
+            check_server(self.uri)
         # Under `mlflow run`, the command must log into the run mlflow created: take its id once,
         # for the first (top-level) stage only; upstream stages run on demand get their own runs.
         self._attach = os.environ.pop("MLFLOW_RUN_ID", None)
@@ -171,10 +111,10 @@ class Tracker:
         if db:
             folder, prefix = Path(db).parent, Path(db).name
         else:
-            folder, prefix = home() / "runs" / "locks", _safe(redact(self.uri))
+            folder, prefix = home() / "runs" / "locks", safe_name(redact(self.uri))
         if name == "store":
             return file_lock(folder / f"{prefix}.lock")
-        return file_lock(folder / f"{prefix}.locks" / f"{_safe(name)}.lock")
+        return file_lock(folder / f"{prefix}.locks" / f"{safe_name(name)}.lock")
 
     def experiment_id(self, project: str) -> str:
         name = f"ttclab/{project}"
@@ -183,7 +123,7 @@ class Tracker:
             return exp.experiment_id
         location = None
         if self.uri.startswith("sqlite:"):
-            location = (home() / "mlartifacts" / _safe(name)).as_uri()
+            location = (home() / "mlartifacts" / safe_name(name)).as_uri()
         try:
             return self.client.create_experiment(name, artifact_location=location)
         except MlflowException:  # another worker created it first
