@@ -6,7 +6,9 @@ Contract (physical units, higher is better):
     reward.score(candidates (B, N, C, *X), prev (B, C, *X), truth (B, C, *X) | None) -> scores (B, N)
     reward.score_terms(...) -> (scores, {term: (B, N)} | None)   per-term diagnostics
 `truth` is the ground-truth next state; only a reward with `needs_truth` (the oracle) may look at it.
-Capabilities are class attributes, so they can be read without building one (a PRM needs a file):
+Capabilities are class attributes, so they can be read without building one (a PRM needs a file);
+an instance may refine one from its inputs (ARM's tolerance scales with its weights, the PRM's
+operator passes depend on its anchor):
     deterministic             propose only the operator's deterministic step (N = 1), nothing to score
     aggregate                 "mean": keep the mean of the valid candidates instead of ranking them
     tolerance                 score spreads <= tolerance are a tie: the step falls back (see ttc.steps)
