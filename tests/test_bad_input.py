@@ -219,6 +219,10 @@ CASES = {
                                               f"sqlite:///{L.root}/no/such/dir/o.db"], ["--storage", "no/such/dir"]),
     "storage-under-a-file": (lambda L: ["sweep", L.spec("ok5.yaml", GOOD_SPACE), "--storage",
                                         f"{L.write('plain.txt', 'x')}/study.log"], ["--storage", "plain.txt"]),
+    "storage-not-a-journal": (lambda L: ["sweep", L.spec("ok7.yaml", GOOD_SPACE), "--storage",
+                                         L.write("notes.txt", "not a journal\n")], ["--storage", "notes.txt"]),
+    "storage-sqlite-not-a-database": (lambda L: ["sweep", L.spec("ok8.yaml", GOOD_SPACE), "--storage",
+                                                 f"sqlite:///{L.write('notes.db', 'plain text')}"], ["--storage", "notes.db"]),
     "storage-is-a-directory": (lambda L: ["sweep", L.spec("ok6.yaml", GOOD_SPACE), "--storage", str(L.root)],
                                ["--storage", "directory"]),
 }

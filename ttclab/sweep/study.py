@@ -14,7 +14,7 @@ retry carries `retry_history`). Retried trials do not count against `n_trials`.
 from __future__ import annotations
 
 import fcntl
-import re
+import json
 import warnings
 from pathlib import Path
 
@@ -113,7 +113,24 @@ def open_storage(spec: SweepSpec, uri: str | None, handler: StaleTrialHandler):
     path.parent.mkdir(parents=True, exist_ok=True)
     # The open(O_EXCL) lock works on local disks and NFSv3+; a lock left by a killed writer is
     # broken after its grace period, so a kill -9 never wedges the study.
+    _check_journal(path)
     return JournalStorage(JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path))))
+
+
+def _check_journal(path: Path) -> None:
+    """An existing file must start with a journal record ({"op_code": ...}): Optuna would append
+    to any file, and it reports a bad line only once another line follows it."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with open(path, "rb") as f:
+        first = f.readline()
+    try:
+        record = json.loads(first)
+    except ValueError:
+        record = None
+    if not isinstance(record, dict) or "op_code" not in record:
+        raise _storage_error(str(path), "is not an Optuna journal file (its first line is no journal record)",
+                             "name a new file or one written by `ttclab sweep`")
 
 
 def make_sampler(spec: SweepSpec, salt: int = 0) -> optuna.samplers.BaseSampler:
