@@ -16,7 +16,7 @@ import click
 
 from .config import ConfigError
 from .errors import UserError
-from .process import Terminated, raise_on_sigterm
+from .process import raise_on_sigterm
 
 # Writes that fail for a reason the user fixes outside ttclab: errno -> what to do.
 DISK_FIXES = {
@@ -38,7 +38,8 @@ def _debug() -> bool:
 
 
 def _fail(message: str) -> None:
-    click.echo(f"error: {message}", err=True)
+    """`error: ...` on one line, also when the message quotes a multi-line library error."""
+    click.echo("error: " + " ".join(line.strip() for line in message.splitlines() if line.strip()), err=True)
     sys.exit(2)
 
 
