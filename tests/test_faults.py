@@ -40,18 +40,37 @@ def env_for(home: Path) -> dict:
                   "TTCLAB_THREADS": "1"}
 
 
+SPAWNED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def no_process_left_behind():
+    """A failed test must not leave a 3000-epoch training (or a sweep's workers) running."""
+    yield
+    while SPAWNED:
+        proc = SPAWNED.pop()
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
+
 def ttclab(home: Path, *args: str, log: str = "out") -> subprocess.Popen:
-    """`python -m ttclab ARGS` on the store in `home`, output to files (a full pipe would block it)."""
+    """`python -m ttclab ARGS` on the store in `home` as its own process group (cleaned up after the
+    test), output to files (a full pipe would block it)."""
     out = open(home / f"{log}.log", "w")
-    return subprocess.Popen([sys.executable, "-m", "ttclab", *args], env=env_for(home), stdout=out,
-                            stderr=subprocess.STDOUT, cwd=home)
+    proc = subprocess.Popen([sys.executable, "-m", "ttclab", *args], env=env_for(home), stdout=out,
+                            stderr=subprocess.STDOUT, cwd=home, start_new_session=True)
+    SPAWNED.append(proc)
+    return proc
 
 
 def output(home: Path, log: str = "out") -> str:
     return (home / f"{log}.log").read_text()
 
 
-def wait_for_last_pt(tracker: Tracker, proc: subprocess.Popen, timeout: float = 60.0):
+def wait_for_last_pt(tracker: Tracker, proc: subprocess.Popen, timeout: float = 180.0):
     """The RUNNING train run once its first per-epoch last.pt is in the run's artifacts."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -84,7 +103,7 @@ def test_interrupted_train_ends_killed_and_resumes_from_its_last_pt(tmp_path, pr
     proc = ttclab(tmp_path, "train", str(project), "--quiet", "--set", LONG)
     run = wait_for_last_pt(tracker, proc)
     proc.send_signal(sig)
-    assert proc.wait(timeout=60) == code, output(tmp_path)
+    assert proc.wait(timeout=120) == code, output(tmp_path)
     assert "the run was marked KILLED" in output(tmp_path) and "Traceback" not in output(tmp_path)
     killed = tracker.run_info(run.info.run_id)
     assert killed.info.status == "KILLED" and killed.info.end_time
@@ -111,7 +130,7 @@ def test_four_processes_on_a_fresh_store_train_the_operator_once(tmp_path, proje
     MLflow's schema creation, one `train` run shared by all four, four `ttc` runs."""
     tiny_ttc = ["--quiet", "--set", "ttc.branching=2", "--set", "ttc.n_ics=2", "--set", "ttc.horizons=[1]"]
     procs = [ttclab(tmp_path, "ttc", str(project), *tiny_ttc, log=f"ttc{i}") for i in range(4)]
-    codes = [p.wait(timeout=240) for p in procs]
+    codes = [p.wait(timeout=400) for p in procs]
     assert codes == [0, 0, 0, 0], "\n".join(output(tmp_path, f"ttc{i}")[-2000:] for i in range(4))
     tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
     stages = [r.data.tags["ttclab.stage"] for r in tracker.runs({"ttclab.project": "euler1d"})]
@@ -138,7 +157,7 @@ def test_sigterm_of_a_sweep_reaches_its_workers(tmp_path, project, isolated_trac
     wait_for_last_pt(tracker, proc)
     workers = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) == 143, output(tmp_path)
+    assert proc.wait(timeout=120) == 143, output(tmp_path)
     assert [pid for pid in workers if start_time(int(pid)) is not None] == []  # none left (zombies aside)
     trials = tracker.runs({"ttclab.sweep": "tiny-term", "ttclab.stage": "train"})
     assert trials and {r.info.status for r in trials} == {"KILLED"}
