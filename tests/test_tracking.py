@@ -239,3 +239,25 @@ def test_progress_off_a_terminal_prints_tenths_without_carriage_returns():
     assert "\r" not in log.getvalue() and len(lines) == 10
     assert lines[0] == "train:  10% (25/250) loss=1.0e-03" and lines[-1].startswith("train: 100% (250/250)")
     assert progress_bar(250, "solver", file=io.StringIO(), leave=False).disable  # transient bars: silent
+
+
+@pytest.mark.parametrize("status", [200, 401])
+def test_a_server_that_answers_passes_the_check(status):
+    """Any HTTP answer at /health (also 'log in first') means a server listens: no error here."""
+    import http.server
+    import threading
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(status if self.path == "/health" else 404)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Health)
+    threading.Thread(target=server.handle_request, daemon=True).start()
+    try:
+        store.check_server(f"http://127.0.0.1:{server.server_port}")
+    finally:
+        server.server_close()

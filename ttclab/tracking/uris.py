@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -59,6 +60,8 @@ def check_server(uri: str) -> None:
     minutes and then print a long traceback)."""
     try:
         urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=5).close()
+    except urllib.error.HTTPError:
+        return  # a server answered (perhaps asking for credentials): the client reports what it says
     except (OSError, ValueError) as err:
         raise TrackingError(f"MLFLOW_TRACKING_URI={redact(uri)}: no MLflow server answers there "
                             f"({getattr(err, 'reason', err)}); start it (`mlflow server ...`) or fix the URI") from None
