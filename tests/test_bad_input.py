@@ -129,6 +129,8 @@ CASES = {
     "yaml-list-top": (lambda L: ["train", L.write("l.yaml", "- 1\n- 2\n")], ["l.yaml", "mapping"]),
     "yaml-missing-file": (lambda L: ["train", L.root / "absent.yaml"], ["absent.yaml", "no such file"]),
     "yaml-base-missing": (lambda L: ["train", L.write("b.yaml", "base: nowhere.yaml\n")], ["nowhere.yaml"]),
+    "yaml-base-not-a-name": (lambda L: ["train", L.write("bl.yaml", "base: [a.yaml, b.yaml]\n")], ["bl.yaml", "base"]),
+    "yaml-type-a-list": (lambda L: ["train", L.yaml("tl.yaml", "model: {type: [fno]}\n")], ["model.type", "fno"]),
     "yaml-base-cycle": (lambda L: ["train", L.write("c.yaml", "base: c.yaml\n")], ["cycle"]),
     "yaml-problem-no-type": (lambda L: ["train", L.write("t.yaml", "problem: {n_cells: 8}\nmodel: {type: fno}\n")],
                              ["problem", "type"]),

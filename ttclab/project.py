@@ -70,6 +70,8 @@ def _raw(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     base = data.pop("base", None)
     if base is None:
         return data
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: base={base!r}: expected one file name, e.g. `base: euler1d.yaml`")
     base_path = (path.parent / base).resolve()
     if base_path in seen:
         raise ConfigError(f"{path}: `base: {base}` forms a cycle")

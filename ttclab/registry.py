@@ -31,7 +31,7 @@ class Registry(Generic[T]):
         return deco
 
     def get(self, name: str) -> T:
-        if name not in self._items:
+        if not isinstance(name, str) or name not in self._items:  # a YAML list or mapping is no name
             raise UnknownName(f"unknown {self.kind} {name!r}; valid: {', '.join(sorted(self._items))}")
         return self._items[name]
 
