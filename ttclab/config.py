@@ -24,6 +24,8 @@ class ConfigError(UserError, ValueError):
 
 
 class DuplicateKey(yaml.YAMLError):
+    """A key given twice in one YAML mapping (`line` is the second one)."""
+
     def __init__(self, key, line: int, first: int):
         super().__init__(f"duplicate key {key!r} (first at line {first}); keep one of them")
         self.line = line
@@ -62,6 +64,8 @@ def read_yaml(path: str | Path) -> dict:
         data = load_yaml(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as err:
         raise ConfigError(f"{path}: not UTF-8 text (byte {err.start}); save it as a UTF-8 YAML file") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read it ({err.strerror}); check its permissions") from None
     except DuplicateKey as err:
         raise ConfigError(f"{path}: line {err.line}: {err}") from None
     except yaml.YAMLError as err:
