@@ -221,3 +221,14 @@ def test_a_real_bug_keeps_its_traceback(isolated_tracking, monkeypatch):
     monkeypatch.setattr(Context, "run", lambda self, name, cfg, tags=None: {}["missing"])
     result = invoke("generate", DEFAULT, "--quiet", "--device", "cpu")
     assert result.exit_code == 1 and isinstance(result.exception, KeyError)
+
+
+def test_unreadable_project_file_is_a_config_error(tmp_path, monkeypatch):
+    path = write(tmp_path / "p.yaml", f"base: {DEFAULT}\n")
+
+    def denied(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_text", denied)
+    with pytest.raises(ConfigError, match=r"p.yaml: cannot read it \(Permission denied\)"):
+        load_project(path)
