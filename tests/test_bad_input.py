@@ -299,7 +299,7 @@ def test_console_script_storage_password_never_printed(lab):
 
 
 def test_store_urls_reach_workers_by_environment_not_argv(monkeypatch):
-    from ttclab.tracking.store import redact
+    from ttclab.tracking.uris import redact
     from ttclab.sweep.worker import SECRET_ENV, WorkerJob, job_from_process, job_process
 
     url = "postgresql+psycopg2://user:SECRETPW@db.example:5432/optuna"

@@ -54,7 +54,7 @@ def _disk_error(err: BaseException) -> str | None:
         if isinstance(err, sqlite3.OperationalError):
             for text, fix in SQLITE_FIXES.items():
                 if text in str(err):
-                    from .tracking.store import default_tracking_uri, redact
+                    from .tracking.uris import default_tracking_uri, redact
 
                     return f"tracking store {redact(default_tracking_uri())}: {err}; {fix}"
         err = err.__cause__ or err.__context__

@@ -26,7 +26,7 @@ from optuna.trial import TrialState
 
 from ..config import ConfigError
 from ..process import is_dead
-from ..tracking.store import home, redact
+from ..tracking.uris import home, redact
 from .spec import SweepSpec
 
 # Heartbeats and the retry callback are marked experimental; they are the documented way to recover
