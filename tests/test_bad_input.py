@@ -112,6 +112,12 @@ def _del(key):
     return lambda blob: blob.pop(key)
 
 
+def _blocked_artifacts(L):
+    """A new project whose artifact folder is taken by a file."""
+    L.write("mlartifacts/ttclab_blocked", "a file where a folder goes")
+    return ["generate", L.project, "--set", "name=blocked", "--set", "data.path=''"]
+
+
 # id -> (argv builder, words the one error line must contain)
 CASES = {
     # project YAML
@@ -206,6 +212,7 @@ CASES = {
                                            f"resume={L.artifacts / 'model/last.pt'}"], ["last.pt"]),
     "ckpt-other-problem": (lambda L: ["ttc", L.project, "--set", "problem.type=burgers1d", "--input",
                                       f"operator={L.artifacts / 'model/operator.pt'}"], ["operator.pt", "burgers1d"]),
+    "artifact-store-under-a-file": (_blocked_artifacts, ["ttclab_blocked", "not a folder"]),
     # sweep specs
     "spec-unknown-key": (lambda L: ["sweep", L.spec("s1.yaml", GOOD_SPACE + "\nworkerz: 2")], ["s1.yaml", "workerz"]),
     "spec-bad-distribution": (lambda L: ["sweep", L.spec("s2.yaml", "space: {arm.w_mass: {type: normal, low: 0, high: 1}}")],

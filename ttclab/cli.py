@@ -24,6 +24,10 @@ DISK_FIXES = {
     errno.EROFS: "the file system is read-only; point TTCLAB_HOME / MLFLOW_TRACKING_URI at a writable folder",
     errno.EACCES: "no permission to write there; fix its permissions or point TTCLAB_HOME / MLFLOW_TRACKING_URI "
                   "at a folder you own",
+    errno.ENOTDIR: "a part of that path is a file, not a folder; move the file away or point TTCLAB_HOME / "
+                   "MLFLOW_TRACKING_URI elsewhere",
+    errno.EISDIR: "a folder stands where a file is written; move it away or point TTCLAB_HOME / MLFLOW_TRACKING_URI "
+                  "elsewhere",
 }
 SQLITE_FIXES = {
     "readonly": "make the database file and its folder writable, or point MLFLOW_TRACKING_URI / TTCLAB_HOME elsewhere",
