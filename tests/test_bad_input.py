@@ -134,7 +134,7 @@ CASES = {
     "yaml-negative": (lambda L: ["train", L.yaml("neg.yaml", "train: {lr: -0.1}\n")], ["train", "lr > 0"]),
     "yaml-list-top": (lambda L: ["train", L.write("l.yaml", "- 1\n- 2\n")], ["l.yaml", "mapping"]),
     "yaml-missing-file": (lambda L: ["train", L.root / "absent.yaml"], ["absent.yaml", "no such file"]),
-    "yaml-base-missing": (lambda L: ["train", L.write("b.yaml", "base: nowhere.yaml\n")], ["nowhere.yaml"]),
+    "yaml-base-missing": (lambda L: ["train", L.write("b.yaml", "base: nowhere.yaml\n")], ["b.yaml: base", "nowhere.yaml"]),
     "yaml-base-not-a-name": (lambda L: ["train", L.write("bl.yaml", "base: [a.yaml, b.yaml]\n")], ["bl.yaml", "base"]),
     "yaml-type-a-list": (lambda L: ["train", L.yaml("tl.yaml", "model: {type: [fno]}\n")], ["model.type", "fno"]),
     "yaml-base-cycle": (lambda L: ["train", L.write("c.yaml", "base: c.yaml\n")], ["cycle"]),
@@ -201,7 +201,7 @@ CASES = {
                           ["bent.h5", "x-coordinate"]),
     # checkpoints
     "ckpt-not-a-checkpoint": (lambda L: ["ttc", L.project, "--input", f"operator={L.write('junk.pt', 'junk')}"],
-                              ["junk.pt"]),
+                              ["junk.pt", "not a readable ttclab checkpoint (", ": "]),
     "ckpt-missing-state-dict": (lambda L: ["ttc", L.project, "--input",
                                            f"operator={L.ckpt('nosd.pt', L.artifacts / 'model/operator.pt', _del('state_dict'))}"],
                                 ["nosd.pt", "state_dict"]),

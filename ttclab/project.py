@@ -73,6 +73,8 @@ def _raw(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     if not isinstance(base, str):
         raise ConfigError(f"{path}: base={base!r}: expected one file name, e.g. `base: euler1d.yaml`")
     base_path = (path.parent / base).resolve()
+    if not base_path.is_file():
+        raise ConfigError(f"{path}: base: no such file {base_path}; fix the path (relative to this file)")
     if base_path in seen:
         raise ConfigError(f"{path}: `base: {base}` forms a cycle")
     return deep_merge(_raw(base_path, seen + (path.resolve(),)), data)

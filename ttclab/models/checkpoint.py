@@ -57,7 +57,8 @@ def read(path: str | Path, fmt: str = FORMAT, fix: str = "train one with `ttclab
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for corrupt or foreign files
-        raise error(f"{path}: not a readable ttclab {kind}checkpoint ({type(err).__name__}); {fix}") from None
+        why = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:80]}" if str(err).strip() else type(err).__name__
+        raise error(f"{path}: not a readable ttclab {kind}checkpoint ({why}); {fix}") from None
     if not isinstance(blob, dict) or blob.get("format") != fmt:
         found = blob.get("format") if isinstance(blob, dict) else type(blob).__name__
         raise error(f"{path}: not a {fmt} checkpoint (found {found!r}); {fix}")
