@@ -14,8 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from click.testing import CliRunner
 from conftest import DEFAULT_PROJECT, TINY_GRIDS, TINY_OVERRIDES
 
+from ttclab.cli import main
 from ttclab.config import set_dotted
 from ttclab.process import start_time
 from ttclab.tracking.store import Tracker
@@ -82,19 +84,20 @@ def wait_for_last_pt(tracker: Tracker, proc: subprocess.Popen, timeout: float = 
     pytest.fail("no last.pt appeared in the train run")
 
 
-def resume_and_check(home: Path, tracker: Tracker, project: Path, killed_id: str) -> str:
-    """Resume from the killed run's last.pt for two more epochs; the new run starts where it stopped."""
+def resume_and_check(tracker: Tracker, project: Path, killed_id: str) -> str:
+    """Resume from the killed run's last.pt for two more epochs (the CLI in this process: its imports
+    are loaded already); the new run starts where the killed one stopped. Returns the output."""
     saved = torch.load(tracker.artifact_dir(killed_id) / "model" / "last.pt", weights_only=True)
-    proc = ttclab(home, "train", str(project), "--quiet", "--set", f"train.epochs={saved['epoch'] + 2}",
-                  "--input", f"resume=runs:/{killed_id}/model/last.pt", log="resume")
-    assert proc.wait(timeout=120) == 0, output(home, "resume")
+    result = CliRunner().invoke(main, ["train", str(project), "--quiet", "--set", f"train.epochs={saved['epoch'] + 2}",
+                                       "--input", f"resume=runs:/{killed_id}/model/last.pt"])
+    assert result.exit_code == 0, result.output
     (resumed,) = [r for r in tracker.runs({"ttclab.stage": "train"}) if r.info.run_id != killed_id]
     assert resumed.info.status == "FINISHED"
     epochs = [m.value for m in tracker.client.get_metric_history(resumed.info.run_id, "epoch")]
     assert epochs == [saved["epoch"] + 1, saved["epoch"] + 2]
     first_step = min(m.step for m in tracker.client.get_metric_history(resumed.info.run_id, "train/loss"))
     assert first_step == saved["step"] + 1
-    return output(home, "resume")
+    return result.output
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
@@ -108,7 +111,7 @@ def test_interrupted_train_ends_killed_and_resumes_from_its_last_pt(tmp_path, pr
     killed = tracker.run_info(run.info.run_id)
     assert killed.info.status == "KILLED" and killed.info.end_time
     assert "epoch" in killed.data.metrics  # buffered metrics were flushed on the way out
-    resume_and_check(tmp_path, tracker, project, run.info.run_id)
+    resume_and_check(tracker, project, run.info.run_id)
 
 
 def test_kill_9_of_train_is_closed_failed_by_the_next_stage_which_resumes_it(tmp_path, project, isolated_tracking):
@@ -118,7 +121,7 @@ def test_kill_9_of_train_is_closed_failed_by_the_next_stage_which_resumes_it(tmp
     proc.kill()
     proc.wait(timeout=30)
     assert tracker.run_info(run.info.run_id).info.status == "RUNNING"  # nobody could close it
-    log = resume_and_check(tmp_path, tracker, project, run.info.run_id)
+    log = resume_and_check(tracker, project, run.info.run_id)
     dead = tracker.run_info(run.info.run_id)
     assert dead.info.status == "FAILED" and dead.data.tags["ttclab.closed"] == "its process died"
     (line,) = [ln for ln in log.splitlines() if run.info.run_id in ln]
