@@ -261,3 +261,15 @@ def test_a_server_that_answers_passes_the_check(status):
         store.check_server(f"http://127.0.0.1:{server.server_port}")
     finally:
         server.server_close()
+
+
+def test_metrics_reach_the_store_within_flush_s(isolated_tracking, monkeypatch):
+    """Points are batched, but never held longer than FLUSH_S: a run killed by kill -9 keeps its
+    curves up to then (and the UI shows a long training live)."""
+    tracker = Tracker(isolated_tracking)
+    with tracker.start("euler1d", "train", params={}, tags={}) as run:
+        run.log({"train/loss": 1.0}, 1)
+        assert tracker.metrics(run.id) == {}  # batched
+        monkeypatch.setattr(run, "FLUSH_S", 0.0)
+        run.log({"train/loss": 0.5}, 2)
+        assert [m.value for m in tracker.client.get_metric_history(run.id, "train/loss")] == [1.0, 0.5]

@@ -31,22 +31,24 @@ class Run:
     """One MLflow run: buffered metrics (flushed in `log_batch` calls, never one call per value),
     params, tags, artifacts, and intermediate values reported to a sweep."""
 
-    FLUSH_AT = 500
+    FLUSH_AT = 500  # points
+    FLUSH_S = 10.0  # seconds: a kill -9 loses at most this much of the curves; the UI shows them live
 
     def __init__(self, tracker: "Tracker", run_id: str):
         self.tracker, self.id = tracker, run_id
         self._metrics: list[Metric] = []
+        self._flushed = time.monotonic()
 
     def log(self, metrics: dict[str, float], step: int = 0) -> None:
         now = int(time.time() * 1000)
         self._metrics += [Metric(k, float(v), now, int(step)) for k, v in metrics.items()]
-        if len(self._metrics) >= self.FLUSH_AT:
+        if len(self._metrics) >= self.FLUSH_AT or time.monotonic() - self._flushed >= self.FLUSH_S:
             self.flush()
 
     def flush(self) -> None:
         for i in range(0, len(self._metrics), 1000):
             self.tracker.client.log_batch(self.id, metrics=self._metrics[i : i + 1000])
-        self._metrics = []
+        self._metrics, self._flushed = [], time.monotonic()
 
     def params(self, params: dict) -> None:
         items = [Param(k, str(v)[:6000]) for k, v in params.items()]
