@@ -258,7 +258,7 @@ def test_a_server_that_answers_passes_the_check(status):
     server = http.server.HTTPServer(("127.0.0.1", 0), Health)
     threading.Thread(target=server.handle_request, daemon=True).start()
     try:
-        store.check_server(f"http://127.0.0.1:{server.server_port}")
+        store.check_server(f"http://user:secret@127.0.0.1:{server.server_port}/")
     finally:
         server.server_close()
 

@@ -102,7 +102,8 @@ class Tracker:
                 self.client = MlflowClient(self.uri)
                 self.client.search_experiments(max_results=1)
         except (MlflowException, OSError) as err:
-            first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+            text = str(err).strip() or type(err).__name__
+            first = text.splitlines()[0].split(". ")[0][:200]  # the first sentence says what is wrong
             raise TrackingError(f"tracking store {redact(self.uri)}: {first}; fix MLFLOW_TRACKING_URI "
                                 "(e.g. sqlite:///path/mlflow.db or http://host:5000)") from None
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -58,8 +59,10 @@ def quoted(value) -> str:
 def check_server(uri: str) -> None:
     """Fail fast, in one line, when no MLflow server answers (the client itself would retry for
     minutes and then print a long traceback)."""
+    parts = urllib.parse.urlsplit(uri)
+    host = parts.netloc.rpartition("@")[2]  # credentials are not needed to see that a server answers
     try:
-        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=5).close()
+        urllib.request.urlopen(f"{parts.scheme}://{host}{parts.path.rstrip('/')}/health", timeout=5).close()
     except urllib.error.HTTPError:
         return  # a server answered (perhaps asking for credentials): the client reports what it says
     except (OSError, ValueError) as err:
