@@ -56,17 +56,15 @@ def _fit(cfg, ctx, run, data, model, resume, save_kw, work: Path):
         return data.normalizer.encode(x, ndim), data.normalizer.encode(y.flatten(0, 1), ndim).view(y.shape)
 
     def on_epoch(epoch, val, state):
-        # Resumable state after every epoch: a crash or Ctrl-C loses at most one epoch.
+        # Resumable state in the run after every epoch (replaced atomically), so after any crash,
+        # kill -9 included, `--input resume=runs:/<id>/model/last.pt` loses at most one epoch.
         checkpoint.save(work / "last.pt", model=model, **save_kw, **{k: v for k, v in state.items() if k != "state_dict"})
+        run.artifact(work / "last.pt", "model")
         run.report("val/loss", val, epoch)
 
-    try:
-        state = train_loop(model, normalized_pairs("train"), normalized_pairs("val"), cfg.train,
-                           device=ctx.device, seed=cfg.seed, log=run.log, on_epoch=on_epoch,
-                           resume=resume, progress=ctx.progress)
-    finally:
-        if (work / "last.pt").exists():
-            run.artifact(work / "last.pt", "model")
+    state = train_loop(model, normalized_pairs("train"), normalized_pairs("val"), cfg.train,
+                       device=ctx.device, seed=cfg.seed, log=run.log, on_epoch=on_epoch,
+                       resume=resume, progress=ctx.progress)
     model.load_state_dict(state["best_state"])
     path = checkpoint.save(work / Path(OPERATOR_ARTIFACT).name, model=model, **save_kw, best_val=state["best_val"])
     run.artifact(path, str(Path(OPERATOR_ARTIFACT).parent))
