@@ -119,7 +119,7 @@ def run_stage(name: str, project: str, overrides, device: str, seed, inputs, qui
         except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM as Terminated
             click.echo("interrupted: the run was marked KILLED", err=True)
             sys.exit(getattr(err, "exit_code", 130))
-    click.echo(f"[ttclab] {name} run {run_id} finished (experiment ttclab/{cfg.name})")
+    click.echo(f"[ttclab] {name} run {run_id} finished ({ctx.tracker.where(run_id, cfg.name)})")
     return outputs
 
 

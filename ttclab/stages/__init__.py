@@ -65,6 +65,14 @@ class Stage:
     own: tuple[str, ...]  # config sections the stage itself reads
     inputs: tuple[Input, ...] = ()
     help: str = ""
+    run_name: Callable[[Any], str] | None = None  # cfg -> the run's name in the UI (default: the stage name)
+
+    def name_for(self, cfg, tags: dict) -> str:
+        """The run's display name: `trial <n>` for a sweep trial (its parent names the sweep), else
+        the stage's `run_name(cfg)`, which carries the settings that tell its runs apart."""
+        if "ttclab.trial" in tags:
+            return f"trial {tags['ttclab.trial']}"
+        return self.run_name(cfg) if self.run_name is not None else self.name
 
     @property
     def key(self) -> tuple[str, ...]:
@@ -95,13 +103,16 @@ class Stage:
                           f"{input_names(self.name)}; add it to @stage(inputs=...)")
 
 
-def stage(name: str, key: tuple[str, ...], inputs: tuple[Input, ...] = (), help: str = ""):
-    """Register `fn(cfg, ctx, run)` as stage `name` reading the config sections `key` and `inputs`."""
+def stage(name: str, key: tuple[str, ...], inputs: tuple[Input, ...] = (), help: str = "",
+          run_name: Callable[[Any], str] | None = None):
+    """Register `fn(cfg, ctx, run)` as stage `name` reading the config sections `key` and `inputs`;
+    its runs are named `run_name(cfg)`, e.g. `lambda cfg: f"train · {cfg.model.type} · s{cfg.seed}"`."""
     if len({inp.name for inp in inputs}) < len(inputs):
         raise ValueError(f"stage {name!r} declares an input name twice")
 
     def deco(fn):
-        STAGES.register(name)(Stage(name, fn, key, inputs, help or (fn.__doc__ or "").strip().splitlines()[0]))
+        STAGES.register(name)(Stage(name, fn, key, inputs, help or (fn.__doc__ or "").strip().splitlines()[0],
+                                         run_name))
         return fn
 
     return deco
@@ -149,7 +160,8 @@ class Context:
         for dead in self.tracker.close_dead_runs():
             print(f"[ttclab] closed run {dead.info.run_id} ({dead.data.tags.get('ttclab.stage')}) as FAILED: "
                   f"its process {dead.data.tags.get('ttclab.pid')} is gone", file=sys.stderr)
-        with self.tracker.start(cfg.name, name, params=params, tags=run_tags, parent=self.parent) as run:
+        with self.tracker.start(cfg.name, name, params=params, tags=run_tags, parent=self.parent,
+                                name=st.name_for(cfg, run_tags)) as run:
             outputs = st.fn(cfg, replace(self, stage=name), run) or {}
             return run.id, outputs
 

@@ -54,7 +54,8 @@ def markdown(header: list[str], body: list[list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-@stage("compare", key=("problem", "data", "model", "train", "seed", "sampling", "triplets", "prm", "ttc", "arm"))
+@stage("compare", key=("problem", "data", "model", "train", "seed", "sampling", "triplets", "prm", "ttc", "arm"),
+       run_name=lambda cfg: f"compare · {comparison_key(cfg)}")
 def compare(cfg, ctx, run):
     """Side-by-side table of the latest ttc runs per selector (printed and logged as artifacts)."""
     rows = collect(ctx.tracker, cfg)

@@ -21,7 +21,8 @@ def variant(cfg, reward: str, project: bool):
     return dataclasses.replace(cfg, ttc=dataclasses.replace(cfg.ttc, reward=reward, project_conservation=project))
 
 
-@stage("demo", key=("sampling", "ttc", "arm"), inputs=(DATA, OPERATOR, PRM))
+@stage("demo", key=("sampling", "ttc", "arm"), inputs=(DATA, OPERATOR, PRM),
+       run_name=lambda cfg: f"demo · {cfg.name}")
 def demo(cfg, ctx, run):
     """Whole pipeline: data, operator, PRM, every TTC selector with controls, comparison table."""
     # Upstream results first, as top-level runs; the ttc runs then find them (or use the --input ones).

@@ -43,7 +43,7 @@ def check_external(problem, cfg, run) -> None:
     run.tags({"ttclab.data": str(Path(cfg.data.path).resolve()), "physics.dx": found["dx"]})
 
 
-@stage("generate", key=("problem", "data"))
+@stage("generate", key=("problem", "data"), run_name=lambda cfg: f"generate · {cfg.problem.type}")
 def generate(cfg, ctx, run):
     """Generate the data set (or check an existing PDEBench file named by data.path)."""
     problem = make_problem(cfg.problem)

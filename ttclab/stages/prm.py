@@ -56,7 +56,8 @@ def diversity(mse: torch.Tensor, det_mse: torch.Tensor, ns: tuple[int, ...]) -> 
     return out
 
 
-@stage("build_prm", key=("sampling", "triplets"), inputs=(DATA, OPERATOR))
+@stage("build_prm", key=("sampling", "triplets"), inputs=(DATA, OPERATOR),
+       run_name=lambda cfg: f"build_prm · k{cfg.triplets.k} · {cfg.sampling.sampler}")
 def build_prm(cfg, ctx, run):
     """Rank K stochastic candidates per state on a fraction of the train ICs; log prm/triplets.h5."""
     tc = cfg.triplets
@@ -147,7 +148,8 @@ def held_out_report(model, val: dict, set_size: int, seed: int, device) -> tuple
     return out, calibration(scores, mse)
 
 
-@stage("train_prm", key=("prm",), inputs=(TRIPLETS, OPERATOR.when(lambda cfg: cfg.prm.anchor == "operator")))
+@stage("train_prm", key=("prm",), inputs=(TRIPLETS, OPERATOR.when(lambda cfg: cfg.prm.anchor == "operator")),
+       run_name=lambda cfg: f"train_prm · {cfg.prm.head} · s{cfg.prm.seed}")
 def train_prm(cfg, ctx, run):
     """Train the PRM on ranked candidates; log held-out ranking metrics and model/prm.pt."""
     from ..tracking.prm_figures import reliability_html

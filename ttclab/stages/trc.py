@@ -47,7 +47,7 @@ def load_data(path: Path, cfg) -> dict:
     return blob
 
 
-@stage("trc_data", key=("problem",))
+@stage("trc_data", key=("problem",), run_name=lambda cfg: f"trc_data · {cfg.problem.type}")
 def trc_data(cfg, ctx, run):
     """Draw the control problems' train/val/test splits and solve them with the teacher."""
     problem = control_problem(cfg)
@@ -71,7 +71,8 @@ def trc_data(cfg, ctx, run):
     return {"path": run.artifact_dir() / "data" / f"{problem.name}.pt"}
 
 
-@stage("trc", key=("model", "trc", "seed"), inputs=(TRC_DATA,))
+@stage("trc", key=("model", "trc", "seed"), inputs=(TRC_DATA,),
+       run_name=lambda cfg: f"trc · {cfg.problem.type} · s{cfg.seed}")
 def trc(cfg, ctx, run):
     """Train the tiny recursive controller (BC, or process supervision when trc.process_weight > 0)."""
     problem = control_problem(cfg)

@@ -50,6 +50,19 @@ def comparison_key(cfg) -> str:
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
+def variant(cfg) -> str:
+    """What a ttc run is, for grouping in the UI: selector, `+proj` when projected, and the sampler
+    (`arm+proj@latent_noise`); grouping by ttclab.selector alone averages projected and plain runs."""
+    return f"{cfg.ttc.reward}{'+proj' if cfg.ttc.project_conservation else ''}@{cfg.sampling.sampler}"
+
+
+def run_name(cfg) -> str:
+    """`ttc · arm · N5 · +proj`, `ttc · prm · N5 · beam2`: the settings that tell the demo's runs apart."""
+    t = cfg.ttc
+    parts = ["ttc", t.reward, f"N{t.branching}"] + ([f"beam{t.beam}"] if t.beam > 1 else [])
+    return " · ".join(parts + (["+proj"] if t.project_conservation else []))
+
+
 def _evaluate(problem, truth, traj):
     return {"traj": traj, "mse": mse_per_step(traj, truth), "nrmse": nrmse_per_step(traj, truth),
             "drift": conservation_drift(problem, traj)}
@@ -141,14 +154,15 @@ def _control_metrics(base, controls: dict, horizons, steps) -> dict:
 
 @stage("ttc", key=("sampling", "ttc", "arm"),
        inputs=(DATA, OPERATOR, PRM.when(lambda cfg: cfg.ttc.reward == "prm")),
-       help=f"Run one TTC selector (ttc.reward: {' | '.join(selector_names())}) with its controls on held-out ICs.")
+       help=f"Run one TTC selector (ttc.reward: {' | '.join(selector_names())}) with its controls on held-out ICs.",
+       run_name=run_name)
 def ttc(cfg, ctx, run):
     """Run one TTC selector (ttc.reward) with its controls on held-out ICs; log metrics and figures."""
     t, r = cfg.ttc, _load(cfg, ctx)
     truth = r.truth
     run.tags({"ttclab.selector": t.reward, "ttclab.sampler": cfg.sampling.sampler, "ttclab.split": t.split,
               "ttclab.projection": str(t.project_conservation).lower(),
-              "ttclab.compare_key": comparison_key(cfg)})
+              "ttclab.compare_key": comparison_key(cfg), "ttclab.variant": variant(cfg)})
     steps = truth.shape[1] - 1
     horizons = default_horizons(steps, t.horizons)
     base = r.reference("baseline", False)

@@ -182,6 +182,15 @@ class Tracker:
         )
         return runs[0].info.run_id if runs else None
 
+    def where(self, run_id: str, project: str) -> str:
+        """The experiment a run is really in, in words. `mlflow run` without --experiment-name puts
+        its run in MLflow's Default experiment while upstream runs go to ttclab/<project>."""
+        name = self.client.get_experiment(self.client.get_run(run_id).info.experiment_id).name
+        if name == f"ttclab/{project}":
+            return f"experiment {name}"
+        return (f"experiment {name!r}, not ttclab/{project}, where its upstream runs are; rerun with "
+                f"`mlflow run --experiment-name ttclab/{project} ...` or find it by tag ttclab.project={project}")
+
     def run_info(self, run_id: str):
         return self.client.get_run(run_id)
 

@@ -1,0 +1,56 @@
+"""The MLflow UI as a user meets it: run names, the variant tag, where a run really is. One tiny
+pipeline (generate, train, two ttc runs, compare) on a module-wide store serves every check."""
+
+from __future__ import annotations
+
+import pytest
+
+from ttclab.stages import STAGES, Context
+from ttclab.tracking.store import Tracker
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, tracking_store_in, tiny_project):
+    with pytest.MonkeyPatch.context() as mp:
+        tracker = Tracker(tracking_store_in(mp, tmp_path_factory.mktemp("ui")))
+        cfg = tiny(tiny_project, "ttc.reward=baseline")
+        ctx = Context(tracker, progress=False)
+        ids = {"arm": ctx.run("ttc", tiny(tiny_project, "ttc.reward=arm", "ttc.project_conservation=true"))[0]}
+        ids["baseline"] = ctx.run("ttc", cfg)[0]
+        ids["compare"] = ctx.run("compare", cfg)[0]
+        yield tracker, cfg, ids
+
+
+def tiny(tiny_project, *sets):
+    return tiny_project("euler1d", "train.epochs=1", "ttc.branching=3", *sets)
+
+
+def name(tracker, run_id):
+    return tracker.run_info(run_id).info.run_name
+
+
+def test_run_names_carry_the_settings_that_tell_runs_apart(store, tiny_project):
+    tracker, cfg, ids = store
+    assert name(tracker, ids["arm"]) == "ttc · arm · N3 · +proj"
+    assert name(tracker, ids["baseline"]) == "ttc · baseline · N3"
+    assert name(tracker, ids["compare"]).startswith("compare · ")
+    (train,) = tracker.runs({"ttclab.stage": "train"})
+    assert train.info.run_name == "train · fno · s0"
+    beam = tiny_project("euler1d", "ttc.reward=prm", "ttc.beam=2", "ttc.branching=5")
+    assert STAGES.get("ttc").name_for(beam, {}) == "ttc · prm · N5 · beam2"
+    assert STAGES.get("ttc").name_for(beam, {"ttclab.trial": "7"}) == "trial 7"
+
+
+def test_variant_tag_separates_projected_runs(store):
+    tracker, cfg, ids = store
+    tags = tracker.run_info(ids["arm"]).data.tags
+    assert tags["ttclab.variant"] == f"arm+proj@{cfg.sampling.sampler}"
+    assert tracker.run_info(ids["baseline"]).data.tags["ttclab.variant"] == f"baseline@{cfg.sampling.sampler}"
+
+
+def test_where_names_the_experiment_the_run_is_really_in(store):
+    tracker, cfg, ids = store
+    assert tracker.where(ids["arm"], cfg.name) == "experiment ttclab/euler1d"
+    default = tracker.client.create_run("0").info.run_id  # as `mlflow run` without --experiment-name
+    where = tracker.where(default, cfg.name)
+    assert where.startswith("experiment 'Default', not ttclab/euler1d") and "--experiment-name" in where
