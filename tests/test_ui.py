@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from ttclab.stages import STAGES, Context
+from ttclab.stages import compare as compare_stage
 from ttclab.tracking.store import Tracker
 
 
@@ -54,3 +55,17 @@ def test_where_names_the_experiment_the_run_is_really_in(store):
     default = tracker.client.create_run("0").info.run_id  # as `mlflow run` without --experiment-name
     where = tracker.where(default, cfg.name)
     assert where.startswith("experiment 'Default', not ttclab/euler1d") and "--experiment-name" in where
+
+
+def test_compare_names_its_runs_and_says_how_it_chose_among_them(store):
+    tracker, cfg, ids = store
+    tags = tracker.run_info(ids["compare"]).data.tags
+    assert set(tags["ttclab.compared_runs"].split(",")) == {ids["arm"], ids["baseline"]}
+    table = (tracker.artifact_dir(ids["compare"]) / "compare.md").read_text()
+    assert "ttc · arm · N3 · +proj" in table and "ttc · baseline · N3" in table
+    # A second baseline run under another parent: compare keeps the newest and says what differs.
+    again, _ = Context(tracker, progress=False, parent=ids["arm"]).run("ttc", cfg)
+    rows = compare_stage.collect(tracker, cfg)
+    assert dict((n, r) for n, r, _ in rows)["baseline"] == again
+    (note,) = compare_stage.choices(tracker, cfg, rows)
+    assert note.startswith("baseline: 2 finished runs") and f"parent run ({ids['arm']} | -)" in note

@@ -28,6 +28,28 @@ def collect(tracker, cfg) -> list[tuple[str, str, dict]]:
     return [(k, *newest[k]) for k in keys]
 
 
+def choices(tracker, cfg, rows) -> list[str]:
+    """One line per row chosen among several finished runs: which run was used and the params in
+    which the candidates differ (none: plain reruns), so a rerun under other settings never
+    replaces a row silently. Runs sharing a comparison key agree on every config section, so what
+    can differ is the runtime (device) or how they were started (a sweep parent)."""
+    runs = tracker.runs({"ttclab.stage": "ttc", "ttclab.project": cfg.name,
+                         "ttclab.compare_key": comparison_key(cfg)}, status="FINISHED")
+    used = {run_id for _, run_id, _ in rows}
+    notes = []
+    for name, run_id, _ in rows:
+        group = [r for r in runs if _row_name(r.data.tags) == name]
+        if len(group) < 2:
+            continue
+        seen = [{**r.data.params, "parent run": r.data.tags.get("mlflow.parentRunId", "-")} for r in group]
+        differ = sorted(k for k in set().union(*seen) if len({s.get(k) for s in seen}) > 1)
+        what = ", ".join(f"{k} ({' | '.join(dict.fromkeys(str(s.get(k)) for s in seen))})" for k in differ[:6])
+        chosen = next(r for r in group if r.info.run_id in used)
+        notes.append(f"{name}: {len(group)} finished runs share this key; using the newest, "
+                     f"{chosen.info.run_name} ({run_id}); they differ in {what or 'nothing (reruns)'}")
+    return notes
+
+
 def table(rows: list[tuple[str, str, dict]]) -> tuple[list[str], list[list[str]]]:
     if not rows:
         return [], []
@@ -63,11 +85,15 @@ def compare(cfg, ctx, run):
         raise ConfigError(f"no finished ttc runs for project {cfg.name!r} with this config yet; "
                          f"run `ttclab ttc` (or `ttclab demo`) first")
     header, body = table(rows)
-    text = markdown(header, body)
+    names = {r: ctx.tracker.run_info(r).info.run_name for _, r, _ in rows}
+    header, body = header + ["run"], [line + [names[r]] for line, (_, r, _) in zip(body, rows)]
+    notes = choices(ctx.tracker, cfg, rows)
+    text = markdown(header, body) + "".join(f"\n- {n}" for n in notes) + ("\n" if notes else "")
     run.text(text, "compare.md")
     run.text(figures.table(header, body, f"ttclab/{cfg.name}: TTC comparison ({cfg.ttc.split} split)"),
              "figures/compare.html")
-    run.tags({"ttclab.compared_runs": ",".join(r for _, r, _ in rows)})
+    run.tags({"ttclab.compared_runs": ",".join(r for _, r, _ in rows),
+              "ttclab.compared_names": " | ".join(names.values())[:5000]})
     print(f"\nTTC comparison, {cfg.name}, {cfg.ttc.split} split, N={cfg.ttc.branching}, K={cfg.ttc.beam}, "
           f"sampler {cfg.sampling.sampler}:\n\n{text}")
     return {"table": text}
