@@ -7,6 +7,7 @@ import pytest
 
 from ttclab.stages import STAGES, Context
 from ttclab.stages import compare as compare_stage
+from ttclab.tracking import registry
 from ttclab.tracking.store import Tracker
 
 
@@ -56,6 +57,24 @@ def test_where_names_the_experiment_the_run_is_really_in(store):
     where = tracker.where(default, cfg.name)
     assert where.startswith("experiment 'Default', not ttclab/euler1d") and "--experiment-name" in where
 
+
+def test_operator_is_registered_and_resolves_through_an_alias(store):
+    tracker, cfg, ids = store
+    (train,) = tracker.runs({"ttclab.stage": "train"})
+    run_id = train.info.run_id
+    assert train.data.tags["ttclab.model_version"] == "ttclab-euler1d-operator/1"
+    weights = tracker.artifact_dir(run_id) / "model" / "operator.pt"
+    for uri in ("models:/ttclab-euler1d-operator@champion", "models:/ttclab-euler1d-operator/latest",
+                "models:/ttclab-euler1d-operator/1"):
+        assert tracker.resolve(uri, "operator.pt") == weights, uri
+    # A second version: /latest follows it, @champion stays until a user moves it.
+    assert tracker.register(cfg.name, "operator", ids["arm"]) == "2"
+    assert registry.version_of(tracker, "models:/ttclab-euler1d-operator/latest").run_id == ids["arm"]
+    assert tracker.resolve("models:/ttclab-euler1d-operator@champion", "operator.pt") == weights
+    # The CLI path: --input operator=models:/...@champion runs ttc on the registered weights.
+    ctx = Context(tracker, progress=False, inputs={"operator": "models:/ttclab-euler1d-operator@champion"})
+    ctx.stage = "ttc"
+    assert ctx.input("operator", cfg) == weights
 
 def test_compare_names_its_runs_and_says_how_it_chose_among_them(store):
     tracker, cfg, ids = store

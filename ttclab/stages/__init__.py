@@ -66,6 +66,7 @@ class Stage:
     inputs: tuple[Input, ...] = ()
     help: str = ""
     run_name: Callable[[Any], str] | None = None  # cfg -> the run's name in the UI (default: the stage name)
+    registers: str | None = None  # model kind its model/ folder is registered as (ttclab-<project>-<kind>)
 
     def name_for(self, cfg, tags: dict) -> str:
         """The run's display name: `trial <n>` for a sweep trial (its parent names the sweep), else
@@ -104,15 +105,16 @@ class Stage:
 
 
 def stage(name: str, key: tuple[str, ...], inputs: tuple[Input, ...] = (), help: str = "",
-          run_name: Callable[[Any], str] | None = None):
+          run_name: Callable[[Any], str] | None = None, registers: str | None = None):
     """Register `fn(cfg, ctx, run)` as stage `name` reading the config sections `key` and `inputs`;
-    its runs are named `run_name(cfg)`, e.g. `lambda cfg: f"train · {cfg.model.type} · s{cfg.seed}"`."""
+    its runs are named `run_name(cfg)`, e.g. `lambda cfg: f"train · {cfg.model.type} · s{cfg.seed}"`,
+    and a finished run's model/ folder becomes a version of `ttclab-<project>-<registers>`."""
     if len({inp.name for inp in inputs}) < len(inputs):
         raise ValueError(f"stage {name!r} declares an input name twice")
 
     def deco(fn):
         STAGES.register(name)(Stage(name, fn, key, inputs, help or (fn.__doc__ or "").strip().splitlines()[0],
-                                         run_name))
+                                         run_name, registers))
         return fn
 
     return deco
@@ -163,6 +165,9 @@ class Context:
         with self.tracker.start(cfg.name, name, params=params, tags=run_tags, parent=self.parent,
                                 name=st.name_for(cfg, run_tags)) as run:
             outputs = st.fn(cfg, replace(self, stage=name), run) or {}
+            if st.registers is not None:
+                version = self.tracker.register(cfg.name, st.registers, run.id)
+                run.tags({"ttclab.model_version": f"ttclab-{cfg.name}-{st.registers}/{version}"})
             return run.id, outputs
 
     def input(self, name: str, cfg) -> Path | None:
@@ -170,7 +175,7 @@ class Context:
         artifact of the matching source run (get-or-run); None for an optional input not given."""
         inp = STAGES.get(self.stage).input(name, cfg)
         if name in self.inputs:
-            return self.tracker.resolve(self.inputs[name])
+            return self.tracker.resolve(self.inputs[name], Path(inp.artifact(cfg)).name)
         if inp.source is None:
             return None
         return self.tracker.artifact_dir(self.upstream(inp.source, cfg)) / inp.artifact(cfg)

@@ -20,6 +20,7 @@ from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
+from . import registry  # noqa: E402
 from ..process import file_lock, identity, is_dead, run_forwarding  # noqa: E402
 from .uris import TrackingError, check_server, default_tracking_uri, home, quoted, redact, safe_name  # noqa: E402,F401
 
@@ -249,10 +250,17 @@ class Tracker:
             os.replace(tmp, cache)
         return cache
 
-    def resolve(self, uri: str) -> Path:
-        """`runs:/<id>/<path>`, `models:/<name>/<version>` or a local path -> a local file path. A
+    def register(self, project: str, kind: str, run_id: str) -> str:
+        """Register the run's model/ folder as a version of ttclab-<project>-<kind> -> version."""
+        return registry.register(self, project, kind, run_id)
+
+    def resolve(self, uri: str, file: str = "") -> Path:
+        """`runs:/<id>/<path>`, `models:/<name>@<alias>` (or /<version>, /latest) or a local path ->
+        a local file path; a registered version is a folder, in which `file` is the one meant. A
         run or model that does not exist, a path that leaves the run's artifacts (`../`) or names
         no artifact is a TrackingError."""
+        if uri.startswith("models:/"):
+            uri = registry.run_uri(self, uri, file)
         if uri.startswith("runs:/"):
             run_id, _, rel = uri[len("runs:/") :].partition("/")
             self._artifact_uri(run_id, uri)
@@ -266,14 +274,6 @@ class Tracker:
                 raise TrackingError(f"{uri}: run {run_id} has no artifact {rel!r}; it has: "
                                     f"{', '.join(have[:8]) or 'none'}{' ...' if len(have) > 8 else ''}")
             return path
-        if uri.startswith("models:/"):
-            from mlflow.artifacts import download_artifacts
-
-            try:
-                return Path(download_artifacts(artifact_uri=uri, tracking_uri=self.uri))
-            except MlflowException:
-                raise TrackingError(f"{uri}: no such registered model version in {redact(self.uri)}; "
-                                    "register one (mlflow.register_model) or pass runs:/<id>/<path>") from None
         return Path(uri)
 
 
