@@ -86,7 +86,7 @@ class FakeTracker:
     def __init__(self):
         self.found: list[str] = []
 
-    def resolve(self, uri):
+    def resolve(self, uri, file=""):
         return Path("/resolved") / uri
 
     def find(self, project, stage, key):
