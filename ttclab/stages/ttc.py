@@ -26,10 +26,8 @@ from ..tracking import figures
 from ..models.checkpoint import load_operator
 from ..ttc.search import SearchResult, search
 from . import STAGES, stage
+from . import controls as control_cache
 from .common import DATA, OPERATOR, PRM, data_path, operator_path
-
-_REFERENCES: dict = {}
-
 
 def _reward(name, cfg, ctx, problem):
     """Selector `name` with every dependency a reward may take. The PRM gets `problem` too, so a PRM
@@ -78,7 +76,7 @@ class Rollouts:
     normalizer: Any
     problem: Any
     truth: torch.Tensor
-    memo: tuple  # with (name, projection): everything that determines a rollout
+    memo: str  # controls.base_key: with (name, projection), everything that determines a control
 
     def run(self, name: str, project: bool, on_step=None) -> SearchResult:
         t = self.cfg.ttc
@@ -88,21 +86,17 @@ class Rollouts:
                       sampling_cfg=self.cfg.sampling, project=project, generator=gen, on_step=on_step)
 
     def reference(self, name: str, project: bool) -> dict:
-        """A control rollout, evaluated; memoized per process because it is fully determined by
-        the inputs and seeds (the demo's nine ttc runs share their baseline and controls)."""
-        key = (*self.memo, name, project)
-        if key not in _REFERENCES:
-            if len(_REFERENCES) >= 16:  # a long sweep process must not grow without bound
-                _REFERENCES.clear()
-            _REFERENCES[key] = _evaluate(self.problem, self.truth, self.run(name, project).trajectory)
-        return _REFERENCES[key]
+        """A control rollout, evaluated; computed once per comparison across processes (see controls.py)."""
+        return control_cache.evaluated(self.ctx, self.ctx.current, self.memo, name, project,
+                                       lambda: self.run(name, project).trajectory,
+                                       lambda traj: _evaluate(self.problem, self.truth, traj))
 
 
 def _load(cfg, ctx) -> Rollouts:
-    op_path, d_path = operator_path(cfg, ctx), data_path(cfg, ctx)
+    op_path, d_path = operator_path(cfg, ctx), data_path(cfg, ctx, cfg.ttc.split, "evaluation")
     model, normalizer, problem = load_operator(op_path, cfg.problem, ctx.device)  # refuses other physics
     truth = SplitData(d_path, problem, cfg.data)[cfg.ttc.split][: cfg.ttc.n_ics or None].to(ctx.device)
-    memo = (str(op_path), str(d_path), comparison_key(cfg), str(ctx.device))
+    memo = control_cache.base_key(cfg, op_path, d_path, ctx.device)
     return Rollouts(cfg, ctx, model, normalizer, problem, truth, memo)
 
 
