@@ -3,6 +3,9 @@ pipeline (generate, train, two ttc runs, compare) on a module-wide store serves 
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import pytest
 
 from ttclab.stages import STAGES, Context
@@ -88,3 +91,27 @@ def test_compare_names_its_runs_and_says_how_it_chose_among_them(store):
     assert dict((n, r) for n, r, _ in rows)["baseline"] == again
     (note,) = compare_stage.choices(tracker, cfg, rows)
     assert note.startswith("baseline: 2 finished runs") and f"parent run ({ids['arm']} | -)" in note
+
+
+def test_runs_record_their_data_file_as_a_dataset_input(store):
+    tracker, cfg, ids = store
+    (train,) = tracker.runs({"ttclab.stage": "train"})
+    (gen,) = tracker.runs({"ttclab.stage": "generate"})
+    data = tracker.artifact_dir(gen.info.run_id) / "data" / "euler1d.h5"
+    want = hashlib.sha256(data.read_bytes()).hexdigest()[:20]
+    for run_id, split, context in ((train.info.run_id, "train", "training"), (ids["arm"], "test", "evaluation")):
+        (inp,) = tracker.run_info(run_id).inputs.dataset_inputs
+        tags = {t.key: t.value for t in inp.tags}
+        assert (inp.dataset.name, inp.dataset.digest) == (f"euler1d-{split}", want)
+        assert tags == {"mlflow.data.context": context, "ttclab.split": split}
+        assert inp.dataset.source == json.dumps({"uri": data.resolve().as_uri()})
+        fields = {s["name"]: s["tensor-spec"] for s in json.loads(inp.dataset.schema)["mlflow_colspec"]}
+        assert fields["density"] == {"dtype": "float32", "shape": [12, 9, 32]}  # ICs, snapshots, cells
+
+
+def test_training_runs_carry_system_metrics(store):
+    tracker, _, ids = store
+    (train,) = tracker.runs({"ttclab.stage": "train"})
+    keys = set(train.data.metrics)
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= keys
+    assert not any(k.startswith("system/") for k in tracker.run_info(ids["arm"]).data.metrics)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -67,6 +68,7 @@ class Stage:
     help: str = ""
     run_name: Callable[[Any], str] | None = None  # cfg -> the run's name in the UI (default: the stage name)
     registers: str | None = None  # model kind its model/ folder is registered as (ttclab-<project>-<kind>)
+    system_metrics: bool = False  # log CPU/memory/GPU use (the long trainings; sweep trials always do)
 
     def name_for(self, cfg, tags: dict) -> str:
         """The run's display name: `trial <n>` for a sweep trial (its parent names the sweep), else
@@ -105,7 +107,8 @@ class Stage:
 
 
 def stage(name: str, key: tuple[str, ...], inputs: tuple[Input, ...] = (), help: str = "",
-          run_name: Callable[[Any], str] | None = None, registers: str | None = None):
+          run_name: Callable[[Any], str] | None = None, registers: str | None = None,
+          system_metrics: bool = False):
     """Register `fn(cfg, ctx, run)` as stage `name` reading the config sections `key` and `inputs`;
     its runs are named `run_name(cfg)`, e.g. `lambda cfg: f"train · {cfg.model.type} · s{cfg.seed}"`,
     and a finished run's model/ folder becomes a version of `ttclab-<project>-<registers>`."""
@@ -114,7 +117,7 @@ def stage(name: str, key: tuple[str, ...], inputs: tuple[Input, ...] = (), help:
 
     def deco(fn):
         STAGES.register(name)(Stage(name, fn, key, inputs, help or (fn.__doc__ or "").strip().splitlines()[0],
-                                         run_name, registers))
+                                         run_name, registers, system_metrics))
         return fn
 
     return deco
@@ -153,6 +156,7 @@ class Context:
     parent: str | None = None  # parent run id (sweeps)
     extra_tags: dict[str, str] = field(default_factory=dict)
     stage: str | None = None  # the stage running in this context, whose declared inputs it reads
+    current: object = None  # the Run of that stage
 
     def run(self, name: str, cfg, tags: dict | None = None) -> tuple[str, dict]:
         """Execute stage `name` on `cfg` as a new MLflow run -> (run id, outputs)."""
@@ -162,9 +166,11 @@ class Context:
         for dead in self.tracker.close_dead_runs():
             print(f"[ttclab] closed run {dead.info.run_id} ({dead.data.tags.get('ttclab.stage')}) as FAILED: "
                   f"its process {dead.data.tags.get('ttclab.pid')} is gone", file=sys.stderr)
+        watched = st.system_metrics or "ttclab.trial" in run_tags
         with self.tracker.start(cfg.name, name, params=params, tags=run_tags, parent=self.parent,
                                 name=st.name_for(cfg, run_tags)) as run:
-            outputs = st.fn(cfg, replace(self, stage=name), run) or {}
+            with self.tracker.system_metrics(run.id) if watched else nullcontext():
+                outputs = st.fn(cfg, replace(self, stage=name, current=run), run) or {}
             if st.registers is not None:
                 version = self.tracker.register(cfg.name, st.registers, run.id)
                 run.tags({"ttclab.model_version": f"ttclab-{cfg.name}-{st.registers}/{version}"})
@@ -179,6 +185,13 @@ class Context:
         if inp.source is None:
             return None
         return self.tracker.artifact_dir(self.upstream(inp.source, cfg)) / inp.artifact(cfg)
+
+    def dataset(self, path: Path, split: str, context: str) -> Path:
+        """Record on the running stage's run that it read `split` of the data file `path` for
+        `context` (training | evaluation): the Dataset column of the runs table. Returns `path`."""
+        if self.current is not None:
+            self.current.dataset(path, split, context)
+        return path
 
     def upstream(self, name: str, cfg) -> str:
         """Run id of a finished `name` run matching cfg; runs it first if none exists. Look-up and

@@ -20,12 +20,11 @@ PRM = Input("prm", "train_prm", PRM_ARTIFACT)
 RESUME = Input("resume")  # a checkpoint to continue training from; only when given
 
 
-def data_path(cfg, ctx) -> Path:
+def data_path(cfg, ctx, split: str = "train", context: str = "training") -> Path:
     """An explicit data.path, else `--input data=URI`, else the (possibly just generated) data of the
-    newest matching `generate` run."""
-    if cfg.data.path:
-        return Path(cfg.data.path).expanduser()
-    return ctx.input("data", cfg)
+    newest matching `generate` run; logged as the run's dataset input (`split`, read for `context`)."""
+    path = Path(cfg.data.path).expanduser() if cfg.data.path else ctx.input("data", cfg)
+    return ctx.dataset(path, split, context)
 
 
 def operator_path(cfg, ctx) -> Path:

@@ -149,7 +149,7 @@ def held_out_report(model, val: dict, set_size: int, seed: int, device) -> tuple
 
 
 @stage("train_prm", key=("prm",), inputs=(TRIPLETS, OPERATOR.when(lambda cfg: cfg.prm.anchor == "operator")),
-       run_name=lambda cfg: f"train_prm · {cfg.prm.head} · s{cfg.prm.seed}", registers="prm")
+       run_name=lambda cfg: f"train_prm · {cfg.prm.head} · s{cfg.prm.seed}", registers="prm", system_metrics=True)
 def train_prm(cfg, ctx, run):
     """Train the PRM on ranked candidates; log held-out ranking metrics and model/prm.pt."""
     from ..tracking.prm_figures import reliability_html

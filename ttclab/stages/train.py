@@ -34,7 +34,7 @@ def rollout_report(model, data: SplitData, split: str, device) -> dict[str, floa
 
 
 @stage("train", key=("model", "train", "seed"), inputs=(DATA, RESUME),
-       run_name=lambda cfg: f"train · {cfg.model.type} · s{cfg.seed}", registers="operator")
+       run_name=lambda cfg: f"train · {cfg.model.type} · s{cfg.seed}", registers="operator", system_metrics=True)
 def train(cfg, ctx, run):
     """Train the operator; log losses, rollout errors and the checkpoint (model/operator.pt)."""
     problem = make_problem(cfg.problem)

@@ -72,7 +72,7 @@ def trc_data(cfg, ctx, run):
 
 
 @stage("trc", key=("model", "trc", "seed"), inputs=(TRC_DATA,),
-       run_name=lambda cfg: f"trc · {cfg.problem.type} · s{cfg.seed}", registers="trc")
+       run_name=lambda cfg: f"trc · {cfg.problem.type} · s{cfg.seed}", registers="trc", system_metrics=True)
 def trc(cfg, ctx, run):
     """Train the tiny recursive controller (BC, or process supervision when trc.process_weight > 0)."""
     problem = control_problem(cfg)

@@ -6,6 +6,7 @@ stages run on demand and parallel workers never fight over an "active run".
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -20,7 +21,7 @@ from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from . import registry  # noqa: E402
+from . import datasets, registry  # noqa: E402
 from ..process import file_lock, identity, is_dead, run_forwarding  # noqa: E402
 from .uris import TrackingError, check_server, default_tracking_uri, home, quoted, redact, safe_name  # noqa: E402,F401
 
@@ -73,6 +74,15 @@ class Run:
         shutil.copyfile(path, tmp)
         os.replace(tmp, dest)
 
+    def dataset(self, path: str | Path, split: str, context: str) -> None:
+        """Log the data file at `path` as this run's dataset input (tracking/datasets.py). A file
+        that is missing or not HDF5 is left to the stage's reader, whose error names the fix."""
+        try:
+            found = datasets.dataset_input(path, split, context)
+        except OSError:
+            return
+        self.tracker.client.log_inputs(self.id, datasets=[found])
+
     def text(self, text: str, name: str) -> None:
         self.tracker.client.log_text(self.id, text, name)
 
@@ -83,6 +93,9 @@ class Run:
 
     def artifact_dir(self) -> Path:
         return self.tracker.artifact_dir(self.id)
+
+
+SYSTEM_METRICS_S = 10.0  # seconds between system-metric samples
 
 
 class Tracker:
@@ -169,6 +182,26 @@ class Tracker:
                 run.flush()
             finally:
                 self.client.set_terminated(run_id, status=status)
+
+    @contextmanager
+    def system_metrics(self, run_id: str, interval_s: float = SYSTEM_METRICS_S):
+        """MLflow's system metrics (system/cpu_utilization_percentage, system/system_memory_usage_megabytes,
+        GPU ones where present) on the run for the block, one sample per `interval_s` (a psutil
+        read and a run look-up: well under 1% of a core at 10 s). MLflow's monitor only logs after a
+        full interval, so what a shorter block collected is logged when it ends."""
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # its start/stop lines are noise
+        monitor = SystemMetricsMonitor(run_id, sampling_interval=interval_s, tracking_uri=self.uri)
+        monitor.start()
+        try:
+            yield
+        finally:
+            monitor.finish()
+            leftover = monitor.aggregate_metrics()
+            if leftover:
+                monitor.publish_metrics(leftover)
+                monitor.mlflow_logger.flush()
 
     def find(self, project: str, stage: str, key: str) -> str | None:
         """Newest FINISHED run of `stage` for `project` whose config key matches, in any experiment
