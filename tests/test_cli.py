@@ -232,3 +232,20 @@ def test_unreadable_project_file_is_a_config_error(tmp_path, monkeypatch):
     monkeypatch.setattr(Path, "read_text", denied)
     with pytest.raises(ConfigError, match=r"p.yaml: cannot read it \(Permission denied\)"):
         load_project(path)
+
+
+def test_the_clis_stage_table_matches_the_stage_declarations():
+    from ttclab.cli import STAGE_HELP
+    from ttclab.stages import STAGES
+
+    declared = {name: STAGES.get(name).help for name in STAGES.names()}
+    assert STAGE_HELP == declared, "copy the changed @stage help texts into ttclab/cli.py:STAGE_HELP"
+
+
+def test_help_and_argument_errors_import_neither_torch_nor_mlflow():
+    code = ("import sys\nfrom ttclab.cli import main\n"
+            "for args in (['--help'], ['train', '--help'], ['train'], ['ttc', '--device', 'tpu', 'p.yaml']):\n"
+            "    try:\n        main(args, prog_name='ttclab')\n    except SystemExit as e:\n        assert e.code in (0, 2), (args, e.code)\n"
+            "print(sorted(m for m in ('torch', 'mlflow', 'optuna', 'numpy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr

@@ -29,6 +29,7 @@ from . import STAGES, stage
 from . import controls as control_cache
 from .common import DATA, OPERATOR, PRM, data_path, operator_path
 
+
 def _reward(name, cfg, ctx, problem):
     """Selector `name` with every dependency a reward may take. The PRM gets `problem` too, so a PRM
     trained on another problem is refused; only the PRM reads its checkpoint (an upstream input)."""
