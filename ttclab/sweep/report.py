@@ -16,6 +16,7 @@ from optuna import visualization as vis
 from optuna.trial import TrialState
 
 from ..stages import Context
+from ..tracking.figures import to_html
 from .spec import SweepSpec
 
 
@@ -78,7 +79,7 @@ def finalize(spec: SweepSpec, study: optuna.Study, parent, ctx: Context, say: Ca
     parent.tags({f"best.{k}": v for k, v in top.params.items()})
     parent.text(json.dumps(summary, indent=2, default=str), "best_trial.json")
     for name, fig in _figures(spec, study, len(complete)).items():
-        parent.text(fig.to_html(include_plotlyjs=True, full_html=True), f"figures/optuna_{name}.html")
+        parent.text(to_html(fig), f"figures/optuna_{name}.html")
     _test_rerun(spec, top, run_ids.get(top.number), parent, ctx, say)
     parent.tags({"ttclab.sweep.reported": finished})
     parent.flush()

@@ -1,11 +1,13 @@
 """Reliability plot of a PRM (or any scorer) from `metrics.prm.calibration`, as self-contained HTML
-(plotly.js inlined, so it renders offline in the MLflow artifact viewer)."""
+(plotly.js from the run's figures/plotly.min.js, so it renders offline)."""
 
 from __future__ import annotations
 
 import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
+
+from .figures import to_html
 
 
 def reliability_html(calib: dict, summary: dict | None = None, name: str = "PRM") -> str:
@@ -34,4 +36,4 @@ def reliability_html(calib: dict, summary: dict | None = None, name: str = "PRM"
     values = ", ".join(f"{k.split('/')[-1]} {summary[k]:.3f}" for k in keys)
     title = f"{name} reliability" + (f" ({values})" if keys else "")
     fig.update_layout(title=title, template="plotly_white", bargap=0.1)
-    return fig.to_html(include_plotlyjs=True, full_html=True)
+    return to_html(fig)

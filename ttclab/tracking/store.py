@@ -6,6 +6,7 @@ stages run on demand and parallel workers never fight over an "active run".
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import shutil
@@ -39,6 +40,7 @@ class Run:
     def __init__(self, tracker: "Tracker", run_id: str):
         self.tracker, self.id = tracker, run_id
         self._metrics: list[Metric] = []
+        self._plotly: set[str] = set()  # artifact folders holding plotly.min.js
         self._flushed = time.monotonic()
 
     def log(self, metrics: dict[str, float], step: int = 0) -> None:
@@ -84,7 +86,14 @@ class Run:
         self.tracker.client.log_inputs(self.id, datasets=[found])
 
     def text(self, text: str, name: str) -> None:
+        """Log `text` as artifact `name`; an HTML figure that loads plotly.js from beside it
+        (tracking/figures.py) gets that file once per folder of the run."""
         self.tracker.client.log_text(self.id, text, name)
+        folder = str(Path(name).parent)
+        if name.endswith(".html") and f'src="{PLOTLY_JS}"' in text and folder not in self._plotly:
+            self.artifact(Path(importlib.util.find_spec("plotly").origin).parent / "package_data" / PLOTLY_JS,
+                          None if folder == "." else folder)
+            self._plotly.add(folder)
 
     def report(self, key: str, value: float, step: int) -> None:
         """An intermediate objective value; a sweep's reporter may raise Pruned here."""
@@ -95,6 +104,7 @@ class Run:
         return self.tracker.artifact_dir(self.id)
 
 
+PLOTLY_JS = "plotly.min.js"  # the name figures load plotly.js by (no plotly import here)
 SYSTEM_METRICS_S = 10.0  # seconds between system-metric samples
 
 

@@ -1,5 +1,5 @@
-"""Plotly figures of the recursive controller, as standalone HTML (plotly.js inlined, so an MLflow
-artifact opens offline)."""
+"""Plotly figures of the recursive controller, as HTML that loads the run's figures/plotly.min.js
+(so an MLflow artifact opens offline)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,7 @@ import plotly.graph_objects as go
 from plotly.colors import DEFAULT_PLOTLY_COLORS
 from plotly.subplots import make_subplots
 
-
-def _html(fig: go.Figure) -> str:
-    return fig.to_html(include_plotlyjs=True, full_html=True)
+from .figures import to_html
 
 
 def refinement_figure(cost_mean, improvement, control_mse, total_improvement, example_costs, title: str) -> str:
@@ -32,7 +30,7 @@ def refinement_figure(cost_mean, improvement, control_mse, total_improvement, ex
     for col, row in ((1, 1), (2, 1), (1, 2)):
         fig.update_xaxes(title_text="iteration k", dtick=1, row=row, col=col)
     fig.update_layout(title=title, height=750, bargap=0.1)
-    return _html(fig)
+    return to_html(fig)
 
 
 def trajectory_figure(dt: float, model_traj, teacher_traj, model_u, teacher_u, targets, title: str) -> str:
@@ -58,4 +56,4 @@ def trajectory_figure(dt: float, model_traj, teacher_traj, model_u, teacher_u, t
     fig.update_yaxes(title_text="x2", row=1, col=1)
     fig.update_xaxes(title_text="t", row=1, col=2)
     fig.update_layout(title=f"{title} (solid: controller, dashed: teacher, x: target)", height=550)
-    return _html(fig)
+    return to_html(fig)
