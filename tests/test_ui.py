@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 
 import pytest
 
@@ -115,3 +116,23 @@ def test_training_runs_carry_system_metrics(store):
     keys = set(train.data.metrics)
     assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= keys
     assert not any(k.startswith("system/") for k in tracker.run_info(ids["arm"]).data.metrics)
+
+
+def test_compare_html_has_one_trace_per_run_and_loads_plotly_from_the_run(store):
+    tracker, _, ids = store
+    art = tracker.artifact_dir(ids["compare"]) / "figures"
+    html = (art / "compare.html").read_text()
+    assert '<script charset="utf-8" src="plotly.min.js">' in html and (art / "plotly.min.js").stat().st_size > 1e6
+    assert not re.findall(r'src="(?:https?:)?//', html)  # no external script: renders offline
+    data = json.loads(re.search(r"Plotly\.newPlot\(\s*\"[^\"]+\",\s*(\[.*?\]),\s*\{", html, re.S)[1])
+    names = {"ttc · arm · N3 · +proj", "ttc · baseline · N3"}
+    mse = [t for t in data if t.get("xaxis") in (None, "x") and t["type"] == "scatter"]
+    assert {t["name"] for t in mse} == names and len(mse) == 2
+    assert all(min(t["x"]) >= 1 for t in mse)  # no step 0 on the log axis
+    boxes = [t for t in data if t["type"] == "box"]
+    assert {t["name"] for t in boxes} == names
+    colour = {t["name"]: t["marker"]["color"] for t in boxes}
+    assert all(t["marker"]["color"] == colour[t["name"]] for t in data if t["type"] == "scatter")
+    # Every figure of a ttc run shares one plotly.js: only figures/ holds a copy.
+    ttc_art = tracker.artifact_dir(ids["arm"])
+    assert [p.parent.name for p in ttc_art.rglob("plotly.min.js")] == ["figures"]

@@ -3,8 +3,13 @@ that share one comparison key (same data, operator, sampler, N, K, split)."""
 
 from __future__ import annotations
 
+import csv
+import re
+
+import numpy as np
+
 from ..config import ConfigError
-from ..tracking import figures
+from ..tracking.compare_figures import Series, dashboard
 from . import stage
 from ..rewards import selector_names
 from .ttc import comparison_key
@@ -26,6 +31,25 @@ def collect(tracker, cfg) -> list[tuple[str, str, dict]]:
     rank = {name: i for i, name in enumerate(selector_names())}
     keys = sorted(newest, key=lambda n: (n.endswith("+proj"), rank.get(n.split("+")[0], 99)))
     return [(k, *newest[k]) for k in keys]
+
+
+def series(tracker, rows, names: dict[str, str]) -> list[Series]:
+    """The dashboard's data of each compared run: its step curves, per-IC SampleGain and drifts."""
+    out = []
+    for _, run_id, m in rows:
+        per_ic = tracker.artifact_dir(run_id) / "per_ic.csv"
+        table = list(csv.DictReader(per_ic.open())) if per_ic.exists() else []
+        drift: dict[str, list] = {}
+        for col in table[0] if table else ():
+            found = re.fullmatch(r"drift_(\w+)_h(\d+)", col)
+            if found:
+                mean = float(np.mean([float(r[col]) for r in table]))
+                drift.setdefault(found[1], []).append((int(found[2]), mean))
+        final = max((int(k.rsplit("h", 1)[1]) for k in m if k.startswith("rollout_mse/h")), default=0)
+        out.append(Series(names[run_id], tracker.history(run_id, "rollout_mse"), tracker.history(run_id, "rollout_nrmse"),
+                          np.array([float(r["sample_gain"]) for r in table]), drift,
+                          m.get(f"rollout_mse/h{final}", float("nan")), m.get("cost/model_evals", float("nan"))))
+    return out
 
 
 def choices(tracker, cfg, rows) -> list[str]:
@@ -90,8 +114,8 @@ def compare(cfg, ctx, run):
     notes = choices(ctx.tracker, cfg, rows)
     text = markdown(header, body) + "".join(f"\n- {n}" for n in notes) + ("\n" if notes else "")
     run.text(text, "compare.md")
-    run.text(figures.table(header, body, f"ttclab/{cfg.name}: TTC comparison ({cfg.ttc.split} split)"),
-             "figures/compare.html")
+    run.text(dashboard(header, body, series(ctx.tracker, rows, names),
+                       f"ttclab/{cfg.name}: TTC comparison ({cfg.ttc.split} split)"), "figures/compare.html")
     run.tags({"ttclab.compared_runs": ",".join(r for _, r, _ in rows),
               "ttclab.compared_names": " | ".join(names.values())[:5000]})
     print(f"\nTTC comparison, {cfg.name}, {cfg.ttc.split} split, N={cfg.ttc.branching}, K={cfg.ttc.beam}, "

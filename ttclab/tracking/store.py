@@ -247,6 +247,10 @@ class Tracker:
         return self.client.search_runs(exps, filter_string=" and ".join(clauses),
                                        order_by=["attributes.start_time DESC"], max_results=1000)
 
+    def history(self, run_id: str, key: str) -> list[tuple[int, float]]:
+        """(step, value) of every logged point of a run's metric, by step."""
+        return sorted((m.step, m.value) for m in self.client.get_metric_history(run_id, key))
+
     def metrics(self, run_id: str) -> dict[str, float]:
         """The latest value of every metric of a run."""
         return dict(self.client.get_run(run_id).data.metrics)

@@ -1,0 +1,79 @@
+"""The comparison dashboard `figures/compare.html`: every compared ttc run on one page, one colour
+per run in every panel, each trace labelled with the run's name.
+
+Panels: the table; rollout MSE and nRMSE vs step (log y, steps 1..T: step 0 is exact by
+construction and would stretch a log axis to round-off); SampleGain per IC as one box per run;
+conservation drift per quantity vs horizon (log y); final MSE vs forward passes per IC (log y).
+Values <= 0 are left out of log axes (a projected run's drift can be exactly 0).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.colors import qualitative
+from plotly.subplots import make_subplots
+
+from .figures import to_html
+
+
+@dataclass
+class Series:
+    """What the dashboard shows of one compared run."""
+
+    name: str  # the run name, e.g. "ttc · arm · N5 · +proj"
+    mse: list[tuple[int, float]]  # (step, mean MSE) from the metric history
+    nrmse: list[tuple[int, float]]
+    gain: np.ndarray  # SampleGain % per IC
+    drift: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # quantity -> (horizon, mean)
+    final_mse: float = float("nan")
+    model_evals: float = float("nan")
+
+
+def _positive(points):
+    pts = [(x, y) for x, y in points if x > 0 and y > 0]
+    return [x for x, _ in pts], [y for _, y in pts]
+
+
+def dashboard(header: list[str], body: list[list[str]], series: list[Series], title: str) -> str:
+    quantities = list(dict.fromkeys(q for s in series for q in s.drift))
+    drift_rows = -(-len(quantities) // 3)
+    rows = 3 + drift_rows
+    specs = [[{"type": "table", "colspan": 3}, None, None]] + [[{}, {}, {}] for _ in range(rows - 1)]
+    titles = ["", "Rollout MSE vs step", "Rollout nRMSE vs step", "SampleGain per IC vs baseline (%)"]
+    titles += [f"Conservation drift: {q}" for q in quantities] + [""] * (3 * drift_rows - len(quantities))
+    titles += ["Final MSE vs forward passes per IC"]
+    table_h = 80 + 30 * (len(body) + 1)
+    plot_h = 360
+    fig = make_subplots(rows=rows, cols=3, specs=specs, subplot_titles=titles, vertical_spacing=0.06,
+                        row_heights=[table_h] + [plot_h] * (rows - 1))
+    fig.add_trace(go.Table(header={"values": header}, cells={"values": list(map(list, zip(*body)))}), row=1, col=1)
+    colours = qualitative.Plotly + qualitative.D3
+    for i, s in enumerate(series):
+        style = {"legendgroup": s.name, "name": s.name, "marker": {"color": colours[i % len(colours)]}}
+        line = {"color": colours[i % len(colours)]}
+        fig.add_trace(go.Scatter(x=_positive(s.mse)[0], y=_positive(s.mse)[1], mode="lines", line=line,
+                                 showlegend=True, **style), row=2, col=1)
+        fig.add_trace(go.Scatter(x=_positive(s.nrmse)[0], y=_positive(s.nrmse)[1], mode="lines", line=line,
+                                 showlegend=False, **style), row=2, col=2)
+        fig.add_trace(go.Box(y=s.gain, boxmean=True, showlegend=False, **style), row=2, col=3)
+        for j, q in enumerate(quantities):
+            x, y = _positive(s.drift.get(q, []))
+            fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", line=line, showlegend=False, **style),
+                          row=3 + j // 3, col=1 + j % 3)
+        if s.final_mse > 0 and np.isfinite(s.model_evals):
+            fig.add_trace(go.Scatter(x=[s.model_evals], y=[s.final_mse], mode="markers", showlegend=False,
+                                     **{**style, "marker": {**style["marker"], "size": 11}}), row=rows, col=1)
+    for r in range(2, rows):
+        for c in (1, 2, 3):
+            if (r, c) != (2, 3):
+                fig.update_yaxes(type="log", row=r, col=c)
+                fig.update_xaxes(title_text="step", row=r, col=c)
+    fig.update_yaxes(type="log", title_text="final MSE", row=rows, col=1)
+    fig.update_xaxes(title_text="model forward passes per IC", row=rows, col=1)
+    fig.update_layout(title=title, template="plotly_white", height=table_h + plot_h * (rows - 1) + 200,
+                      margin={"t": 90, "b": 60}, legend={"orientation": "h", "y": -0.02, "yanchor": "top"},
+                      boxmode="group")
+    return to_html(fig)
