@@ -3,10 +3,12 @@ pipeline (generate, train, two ttc runs, compare) on a module-wide store serves 
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
 
+import numpy as np
 import pytest
 
 from ttclab.stages import STAGES, Context
@@ -136,3 +138,27 @@ def test_compare_html_has_one_trace_per_run_and_loads_plotly_from_the_run(store)
     # Every figure of a ttc run shares one plotly.js: only figures/ holds a copy.
     ttc_art = tracker.artifact_dir(ids["arm"])
     assert [p.parent.name for p in ttc_art.rglob("plotly.min.js")] == ["figures"]
+
+
+def plotly_traces(path):
+    html = path.read_text()
+    return json.loads(re.search(r"Plotly\.newPlot\(\s*\"[^\"]+\",\s*(\[.*?\]),\s*\{", html, re.S)[1])
+
+
+def xs(trace) -> list:
+    """A trace's x values; plotly writes numpy arrays as base64 typed arrays."""
+    x = trace["x"]
+    if isinstance(x, dict):
+        return np.frombuffer(base64.b64decode(x["bdata"]), dtype=np.dtype(x["dtype"])).tolist()
+    return x
+
+
+def test_ttc_figures_skip_step_0_on_log_axes_and_keep_colours_across_panels(store):
+    tracker, _, ids = store
+    figs = tracker.artifact_dir(ids["arm"]) / "figures"
+    for name in ("rollout_mse", "conservation"):
+        assert all(min(xs(t)) >= 1 for t in plotly_traces(figs / f"{name}.html")), name
+    colours = {}
+    for t in plotly_traces(figs / "example.html"):
+        assert colours.setdefault(t["name"], t["line"]["color"]) == t["line"]["color"]
+    assert len(set(colours.values())) == len(colours) == 3  # truth, baseline, arm

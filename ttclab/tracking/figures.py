@@ -17,11 +17,27 @@ def to_html(fig: go.Figure) -> str:
     return fig.to_html(include_plotlyjs=PLOTLY_JS, full_html=True)
 
 
+PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22"]
+
+
+def _colours(names) -> dict[str, str]:
+    """One colour per series name, the same in every panel of a figure."""
+    return {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(dict.fromkeys(names))}
+
+
+def _steps(y: np.ndarray, log_y: bool) -> tuple[np.ndarray, np.ndarray]:
+    """x = 0..len-1, less step 0 on a log axis: it is the exact initial state (error 0, drift 0) and
+    would stretch the axis down to round-off."""
+    x, y = np.arange(len(y)), np.asarray(y)
+    return (x[1:], y[1:]) if log_y else (x, y)
+
+
 def curves(series: dict[str, np.ndarray], title: str, xlabel: str, ylabel: str, log_y: bool = True) -> str:
-    """One line per named series over x = 0..len-1 (e.g. rollout MSE vs horizon per selector)."""
+    """One line per named series over the steps (e.g. rollout MSE vs horizon per selector)."""
     fig = go.Figure()
     for name, y in series.items():
-        fig.add_trace(go.Scatter(x=np.arange(len(y)), y=np.asarray(y), mode="lines", name=name))
+        x, y = _steps(y, log_y)
+        fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name=name))
     fig.update_layout(title=title, xaxis_title=xlabel, yaxis_title=ylabel, template="plotly_white")
     if log_y:
         fig.update_yaxes(type="log")
@@ -31,13 +47,12 @@ def curves(series: dict[str, np.ndarray], title: str, xlabel: str, ylabel: str, 
 def panels(groups: dict[str, dict[str, np.ndarray]], title: str, xlabel: str, log_y: bool = True) -> str:
     """One subplot per group (e.g. conserved quantity), one line per named series in each."""
     fig = make_subplots(rows=1, cols=len(groups), subplot_titles=list(groups))
-    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
-    names = list(dict.fromkeys(n for g in groups.values() for n in g))
+    colours = _colours(n for g in groups.values() for n in g)
     for col, series in enumerate(groups.values(), start=1):
         for name, y in series.items():
-            color = palette[names.index(name) % len(palette)]
-            fig.add_trace(go.Scatter(x=np.arange(len(y)), y=np.asarray(y), mode="lines", name=name,
-                                     line={"color": color}, legendgroup=name, showlegend=col == 1),
+            x, y = _steps(y, log_y)
+            fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name=name,
+                                     line={"color": colours[name]}, legendgroup=name, showlegend=col == 1),
                           row=1, col=col)
         fig.update_xaxes(title_text=xlabel, row=1, col=col)
         if log_y:
@@ -57,19 +72,14 @@ def fields_at_times(x: np.ndarray, fields: list[str], times: list[int], series: 
     """1D snapshots: rows = fields, cols = times; series name -> (T+1, C, X) trajectory of one IC."""
     titles = [f"{f}, step {t}" for f in fields for t in times]
     fig = make_subplots(rows=len(fields), cols=len(times), subplot_titles=titles)
-    names = list(series)
+    names, colours = list(series), _colours(series)
     for r, _ in enumerate(fields):
         for c, t in enumerate(times):
             for name in names:
                 fig.add_trace(go.Scatter(x=x, y=series[name][t, r], mode="lines", name=name, legendgroup=name,
                                          showlegend=(r == 0 and c == 0),
-                                         line={"dash": "dash" if name == "truth" else "solid"}),
+                                         line={"dash": "dash" if name == "truth" else "solid",
+                                               "color": colours[name]}),
                               row=r + 1, col=c + 1)
     fig.update_layout(title="Example trajectory", template="plotly_white", height=260 * len(fields))
-    return to_html(fig)
-
-
-def table(header: list[str], rows: list[list[str]], title: str) -> str:
-    fig = go.Figure(go.Table(header={"values": header}, cells={"values": list(map(list, zip(*rows)))}))
-    fig.update_layout(title=title, template="plotly_white", height=120 + 30 * len(rows))
     return to_html(fig)
