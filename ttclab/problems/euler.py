@@ -32,7 +32,11 @@ class EulerConfig:
     gamma: float | None = None  # None: DEFAULT_GAMMA for generated data; required for external files
     cfl: float = 0.4
     limiter: Literal["minmod", "mc"] = "minmod"
-    k_max: int = 4  # highest wavenumber of the random initial conditions
+    ic: Literal["smooth", "riemann", "blast"] = "smooth"  # initial-condition family (see initial_conditions)
+    k_max: int = 4  # highest wavenumber of the smooth initial conditions
+    pieces: int = 2  # riemann: constant states per axis (periodic: as many discontinuities per axis)
+    blast_ratio: float = 10.0  # blast: pressure inside the pulse / outside
+    blast_width: float = 0.1  # blast: largest pulse half-width, as a fraction of the box
     rho_base: float = 1.0
     rho_amp: float = 0.5  # relative amplitude, < 1 keeps density positive
     p_base: float = 1.0
@@ -45,6 +49,10 @@ class EulerConfig:
             raise ValueError("rho_amp and p_amp must lie in [0, 1) so density and pressure stay positive")
         if self.n_cells < 8 or self.n_snapshots < 2 or self.t_end <= 0 or not 0 < self.cfl <= 1:
             raise ValueError("need n_cells >= 8, n_snapshots >= 2, t_end > 0 and 0 < cfl <= 1")
+        if self.ic not in ("smooth", "riemann", "blast"):
+            raise ValueError(f"problem.ic must be smooth, riemann or blast, got {self.ic!r}")
+        if self.pieces < 2 or self.blast_ratio <= 0 or not 0 < self.blast_width < 0.5:
+            raise ValueError("need pieces >= 2, blast_ratio > 0 and 0 < blast_width < 0.5")
         if self.gamma is not None and not self.gamma > 1:
             raise ValueError(f"gamma must be > 1 (ideal gas), got {self.gamma}")
         validate_domain(self.domain)
@@ -172,11 +180,53 @@ class Euler(PDEProblem):
         return self.cfg.cfl * min(self.dx) / float(speed.max())
 
     def initial_conditions(self, n: int, gen: torch.Generator) -> torch.Tensor:
+        """W0 (n, C, *X) float64 of the configured family; every family keeps rho, p > 0:
+        smooth: rho = rho_base (1 + rho_amp f), p likewise, v = v_amp f, f random Fourier sums;
+        riemann: the box cut at `pieces` random positions per axis into blocks, each block one
+            constant state rho_base (1 + rho_amp U), p_base (1 + p_amp U), v = v_amp U, U ~ U(-1, 1)
+            (shock tubes, as PDEBench's 1D CFD "shock" data; periodic, so every cut is a jump);
+        blast: gas at rest with p = p_base inside a random box of half-width in
+            [blast_width / 2, blast_width] and p = blast_ratio p_base inside it, rho = rho_base."""
         cfg = self.cfg
-        rho = cfg.rho_base * (1 + cfg.rho_amp * random_smooth(gen, n, self.shape, cfg.k_max))
-        p = cfg.p_base * (1 + cfg.p_amp * random_smooth(gen, n, self.shape, cfg.k_max))
-        v = [cfg.v_amp * random_smooth(gen, n, self.shape, cfg.k_max) for _ in range(self.ndim)]
+        if cfg.ic == "riemann":
+            block = self._random_blocks(n, gen)
+            k = int(block.max()) + 1
+
+            def field(base, amp):  # (n, *X): each block's constant value
+                values = base + amp * (2 * torch.rand(n, k, generator=gen, dtype=torch.float64) - 1)
+                return values.gather(1, block.flatten(1)).view(n, *self.shape)
+
+            rho, p = field(cfg.rho_base, cfg.rho_base * cfg.rho_amp), field(cfg.p_base, cfg.p_base * cfg.p_amp)
+            v = [field(0.0, cfg.v_amp) for _ in range(self.ndim)]
+        elif cfg.ic == "blast":
+            inside = torch.ones(n, *self.shape, dtype=torch.bool)
+            for a in range(self.ndim):
+                x = torch.from_numpy(self.cell_centres(a))
+                centre = cfg.domain[0] + self.extent[a] * torch.rand(n, 1, generator=gen, dtype=torch.float64)
+                half = cfg.blast_width * self.extent[a] * (0.5 + 0.5 * torch.rand(n, 1, generator=gen, dtype=torch.float64))
+                d = (x - centre).abs()
+                d = torch.minimum(d, self.extent[a] - d)  # periodic distance
+                inside &= (d < half).view(n, *[1] * a, -1, *[1] * (self.ndim - a - 1))
+            rho = torch.full((n, *self.shape), cfg.rho_base, dtype=torch.float64)
+            p = cfg.p_base * torch.where(inside, cfg.blast_ratio, 1.0).to(torch.float64)
+            v = [torch.zeros_like(rho) for _ in range(self.ndim)]
+        else:
+            rho = cfg.rho_base * (1 + cfg.rho_amp * random_smooth(gen, n, self.shape, cfg.k_max))
+            p = cfg.p_base * (1 + cfg.p_amp * random_smooth(gen, n, self.shape, cfg.k_max))
+            v = [cfg.v_amp * random_smooth(gen, n, self.shape, cfg.k_max) for _ in range(self.ndim)]
         return torch.stack([rho, *v, p], dim=1)
+
+    def _random_blocks(self, n: int, gen: torch.Generator) -> torch.Tensor:
+        """(n, *X) int64 block index: per axis, `pieces` sorted uniform cuts split the periodic axis
+        into arcs (the arc past the last cut wraps onto the first), blocks are products of arcs."""
+        m = self.cfg.pieces
+        block = torch.zeros(n, *self.shape, dtype=torch.int64)
+        for a in range(self.ndim):
+            x = (torch.arange(self.shape[a], dtype=torch.float64) + 0.5) / self.shape[a]
+            cuts = torch.rand(n, m, generator=gen, dtype=torch.float64).sort(dim=1).values
+            arc = (x.view(1, -1) >= cuts.unsqueeze(-1)).sum(1) % m  # (n, X_a) in [0, m)
+            block = block * m + arc.view(n, *[1] * a, -1, *[1] * (self.ndim - a - 1))
+        return block
 
     def solve(self, n, seed, progress=None):
         gen = torch.Generator().manual_seed(seed)

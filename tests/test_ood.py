@@ -1,0 +1,50 @@
+"""The out-of-distribution project's pieces: initial-condition families, checked from the file."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+
+from conftest import build_tiny_project, write_tiny_data
+from test_problems import ROUND_OFF, cell_volume, euler_densities
+
+
+def relative_drift(density: np.ndarray, dv: float) -> float:
+    """max |Q(t) - Q(0)| / max_t integral |q(t)|: a blast starts at rest (zero momentum), so the
+    scale is the largest absolute content over the run rather than the initial one."""
+    space = tuple(range(2, density.ndim))
+    total = density.sum(axis=space) * dv
+    scale = (np.abs(density).sum(axis=space) * dv).max(axis=1, keepdims=True)
+    return float((np.abs(total - total[:, :1]) / scale).max())
+
+
+@pytest.mark.parametrize("problem, ic, velocities, axes", [
+    ("euler1d", "riemann", ["Vx"], ["x-coordinate"]),
+    ("euler1d", "blast", ["Vx"], ["x-coordinate"]),
+    ("euler2d", "riemann", ["Vx", "Vy"], ["x-coordinate", "y-coordinate"]),
+    ("euler2d", "blast", ["Vx", "Vy"], ["x-coordinate", "y-coordinate"]),
+])
+def test_sharp_families_are_positive_conserved_and_sharp(tmp_path, problem, ic, velocities, axes):
+    path = write_tiny_data(tmp_path / "d.h5", build_tiny_project(problem, f"problem.ic={ic}", "data.n_trajectories=6"))
+    with h5py.File(path, "r") as f:
+        rho0, p0 = f["density"][:, 0], f["pressure"][:, 0]
+        assert (f["density"][()] > 0).all() and (f["pressure"][()] > 0).all()
+        assert np.abs(f["density"][:, -1] - f["density"][:, 0]).max() > 1e-2  # it evolves
+        densities = euler_densities(f, velocities)
+        dv = cell_volume(f, axes)
+    # Sharp: the initial state is piecewise constant, so most neighbour differences are exactly zero
+    # while a few are O(amplitude) jumps (a smooth IC has no zero differences).
+    jumps = np.abs(np.diff(p0 if ic == "blast" else rho0, axis=1))
+    assert (jumps == 0).mean() > 0.5 and jumps.max() > 0.1
+    if ic == "blast":
+        assert np.allclose(p0.max(axis=tuple(range(1, p0.ndim))) / p0.min(axis=tuple(range(1, p0.ndim))), 10.0)
+    for name, q in densities.items():
+        assert relative_drift(q, dv) < ROUND_OFF, name
+
+
+def test_unknown_family_is_a_config_error():
+    from ttclab.errors import UserError
+
+    with pytest.raises(UserError, match="problem.ic"):
+        build_tiny_project("euler1d", "problem.ic=shock")
