@@ -162,3 +162,19 @@ def test_ttc_figures_skip_step_0_on_log_axes_and_keep_colours_across_panels(stor
     for t in plotly_traces(figs / "example.html"):
         assert colours.setdefault(t["name"], t["line"]["color"]) == t["line"]["color"]
     assert len(set(colours.values())) == len(colours) == 3  # truth, baseline, arm
+
+
+def test_sweep_summary_says_whether_any_trial_beats_the_baseline():
+    from types import SimpleNamespace as NS
+
+    from ttclab.sweep.report import baseline_value, versus_baseline
+
+    run = {"rollout_mse/h8": 2e-4, "control/baseline/rollout_mse/h8": 3e-4}
+    assert baseline_value("rollout_mse/h8", run) == 3e-4 and baseline_value("sample_gain/mean", run) == 0.0
+    assert baseline_value("prm/spearman", run) is None
+    spec = NS(objective=[NS(metric="rollout_mse/h8", direction="minimize")])
+    trials = [NS(values=[v]) for v in (4e-4, 2e-4, 5e-4)]
+    assert versus_baseline(spec, trials, 3e-4) == "deterministic baseline rollout_mse/h8=0.0003: 1 of 3 finished trials beat it"
+    assert versus_baseline(spec, trials, 1e-4).endswith(": no trial beats it")
+    gain = NS(objective=[NS(metric="sample_gain/mean", direction="maximize")])
+    assert versus_baseline(gain, [NS(values=[-1.5])], 0.0).endswith("no trial beats it")

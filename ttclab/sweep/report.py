@@ -51,6 +51,25 @@ def _summary(spec: SweepSpec, study: optuna.Study, best: list, run_ids: dict) ->
             "trials": counts}
 
 
+def baseline_value(metric: str, run_metrics: dict) -> float | None:
+    """The deterministic baseline's value of a ttc objective, from a trial's run: every ttc run logs
+    the baseline's rollout errors as control/baseline/<key>, and SampleGain is measured against the
+    baseline, so the baseline's own is 0. None for an objective with no baseline (prm, trc)."""
+    if metric.startswith("sample_gain/"):
+        return 0.0
+    return run_metrics.get(f"control/baseline/{metric}")
+
+
+def versus_baseline(spec: SweepSpec, complete: list, base: float | None) -> str:
+    """The line that says plainly whether any finished trial beats the baseline."""
+    if base is None:
+        return f"no deterministic baseline for {spec.objective[0].metric}"
+    sign = 1 if spec.objective[0].direction == "minimize" else -1
+    beat = [t for t in complete if sign * t.values[0] < sign * base]
+    verdict = f"{len(beat)} of {len(complete)} finished trials beat it" if beat else "no trial beats it"
+    return f"deterministic baseline {spec.objective[0].metric}={base:.4g}: {verdict}"
+
+
 def finalize(spec: SweepSpec, study: optuna.Study, parent, ctx: Context, say: Callable[[str], None]) -> dict | None:
     """Log the sweep's results on `parent` (a tracking Run); returns the best_trial.json content."""
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -64,9 +83,13 @@ def finalize(spec: SweepSpec, study: optuna.Study, parent, ctx: Context, say: Ca
     run_ids = {t.number: t.user_attrs.get("ttclab.run_id") for t in complete}
     summary = _summary(spec, study, best, run_ids)
     top = best[0]
+    top_run = run_ids.get(top.number)
+    base = baseline_value(spec.objective[0].metric, ctx.tracker.metrics(top_run) if top_run else {})
+    summary["baseline"] = {"value": base, "verdict": versus_baseline(spec, complete, base)}
     say(f"[sweep {spec.name}] best trial {top.number}: "
         + ", ".join(f"{o.metric}={v:.4g}" for o, v in zip(spec.objective, top.values))
         + f" with {json.dumps(top.params)}" + (f"; Pareto front of {len(best)}" if spec.multi else ""))
+    say(f"[sweep {spec.name}] {summary['baseline']['verdict']}")
     for t in best[1:] if spec.multi else ():
         say(f"[sweep {spec.name}]   Pareto front: trial {t.number} "
             + ", ".join(f"{o.metric}={v:.4g}" for o, v in zip(spec.objective, t.values)) + f" with {json.dumps(t.params)}")
@@ -75,7 +98,9 @@ def finalize(spec: SweepSpec, study: optuna.Study, parent, ctx: Context, say: Ca
         return summary  # a resumed sweep with nothing left to run: already logged
     parent.log({"best/trial": top.number, **{f"best/{o.metric}": v for o, v in zip(spec.objective, top.values)},
                 **{f"trials/{k}": v for k, v in summary["trials"].items()},
-                **({"pareto/size": len(best)} if spec.multi else {})})
+                **({"pareto/size": len(best)} if spec.multi else {}),
+                **({f"baseline/{spec.objective[0].metric}": base} if base is not None else {})})
+    parent.tags({"ttclab.sweep.vs_baseline": summary["baseline"]["verdict"]})
     parent.tags({f"best.{k}": v for k, v in top.params.items()})
     parent.text(json.dumps(summary, indent=2, default=str), "best_trial.json")
     for name, fig in _figures(spec, study, len(complete)).items():
