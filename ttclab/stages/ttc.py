@@ -18,7 +18,8 @@ from typing import Any
 import torch
 
 from ..data.datasets import SplitData
-from ..metrics.rollout import conservation_drift, default_horizons, mse_per_step, nrmse_per_step
+from ..metrics.rollout import (conservation_drift, correlation_time, crmse_per_step, default_horizons, frmse_per_step,
+                               maxerr_per_step, mse_per_step, nrmse_per_step, rmse_per_field)
 from ..metrics.prm import spearman
 from ..metrics.ttc import best_pick_rate, headroom_captured, sample_gain, summarize_gain
 from ..rewards import control_names, make_reward, selector_names
@@ -63,8 +64,12 @@ def run_name(cfg) -> str:
 
 
 def _evaluate(problem, truth, traj):
+    """Per IC and step (B, T) unless noted: the errors every table reports (metrics/rollout.py)."""
     return {"traj": traj, "mse": mse_per_step(traj, truth), "nrmse": nrmse_per_step(traj, truth),
-            "drift": conservation_drift(problem, traj)}
+            "drift": conservation_drift(problem, traj), "crmse": crmse_per_step(problem, traj, truth),
+            "frmse": frmse_per_step(traj, truth, problem.ndim), "maxerr": maxerr_per_step(traj, truth),
+            "rmse": dict(zip(problem.fields, rmse_per_field(traj, truth).unbind(2))),
+            "corr_time": correlation_time(traj, truth).double()}  # (B,)
 
 
 @dataclass
@@ -119,8 +124,16 @@ def _selector_metrics(ev, base, main: SearchResult, horizons, n_ics) -> dict:
     for h in horizons:
         metrics[f"rollout_mse/h{h}"] = float(ev["mse"][:, h].mean())
         metrics[f"rollout_nrmse/h{h}"] = float(ev["nrmse"][:, h].mean())
+        metrics[f"rollout_crmse/h{h}"] = float(ev["crmse"][:, h].mean())
+        metrics[f"rollout_maxerr/h{h}"] = float(ev["maxerr"][:, h].mean())
+        for band, e in ev["frmse"].items():
+            metrics[f"rollout_frmse/{band}/h{h}"] = float(e[:, h].mean())
+        for field, e in ev["rmse"].items():
+            metrics[f"rollout_rmse/{field}/h{h}"] = float(e[:, h].mean())
         for q, d in ev["drift"].items():
             metrics[f"conservation/{q}/h{h}"] = float(d[:, h].mean())
+    metrics["ttc/corr_time/mean"] = float(ev["corr_time"].mean())
+    metrics["ttc/corr_time/median"] = float(ev["corr_time"].median())
     metrics |= summarize_gain(sample_gain(base["mse"][:, -1], ev["mse"][:, -1]))
     metrics |= {"cost/model_evals": main.model_evals / n_ics, "cost/reward_evals": main.reward_evals / n_ics,
                 "cost/wall_s": main.wall_s, "cost/fallbacks": main.fallbacks, "ttc/n_ics": n_ics,
@@ -186,14 +199,14 @@ def ttc(cfg, ctx, run):
 def _artifacts(run, problem, truth, base, ev, gain, curves, horizons, name, traj):
     buf = io.StringIO()
     writer = csv.writer(buf)
-    drift_keys = list(ev["drift"])
-    writer.writerow(["ic"] + [f"mse_h{h}" for h in horizons] + [f"nrmse_h{h}" for h in horizons]
-                    + [f"drift_{q}_h{h}" for q in drift_keys for h in horizons] + ["baseline_mse_final", "sample_gain"])
+    per_step = {"mse": ev["mse"], "nrmse": ev["nrmse"], "crmse": ev["crmse"], "maxerr": ev["maxerr"]}
+    per_step |= {f"frmse_{b}": e for b, e in ev["frmse"].items()} | {f"rmse_{f}": e for f, e in ev["rmse"].items()}
+    per_step |= {f"drift_{q}": d for q, d in ev["drift"].items()}
+    writer.writerow(["ic"] + [f"{k}_h{h}" for k in per_step for h in horizons]
+                    + ["corr_time", "baseline_mse_final", "sample_gain"])
     for i in range(truth.shape[0]):
-        writer.writerow([i] + [f"{float(ev['mse'][i, h]):.6e}" for h in horizons]
-                        + [f"{float(ev['nrmse'][i, h]):.6e}" for h in horizons]
-                        + [f"{float(ev['drift'][q][i, h]):.6e}" for q in drift_keys for h in horizons]
-                        + [f"{float(base['mse'][i, -1]):.6e}", f"{float(gain[i]):.4f}"])
+        writer.writerow([i] + [f"{float(v[i, h]):.6e}" for v in per_step.values() for h in horizons]
+                        + [f"{int(ev['corr_time'][i])}", f"{float(base['mse'][i, -1]):.6e}", f"{float(gain[i]):.4f}"])
     run.text(buf.getvalue(), "per_ic.csv")
     as_np = {k: v.cpu().numpy() for k, v in curves.items()}
     run.text(figures.curves(as_np, "Rollout MSE vs horizon (mean over ICs)", "step", "MSE"), "figures/rollout_mse.html")

@@ -1,0 +1,70 @@
+"""Rollout metrics and TTC statistics against hand-computed values."""
+
+import math
+
+import torch
+
+from ttclab.metrics.rollout import (correlation_time, crmse_per_step, frmse_per_step, maxerr_per_step, mse_per_step,
+                                    rmse_per_field)
+
+
+class MassOnly:
+    """A 1D problem whose only conserved density is field 0, on cells of width 0.5."""
+
+    def conserved(self, u):
+        return {"mass": u[..., 0, :].sum(-1) * 0.5}
+
+    def conserved_scale(self, u):
+        return {"mass": u[..., 0, :].abs().sum(-1) * 0.5}
+
+
+def test_crmse_is_the_relative_error_of_the_total():
+    true = torch.ones(1, 2, 2, 4)  # mass 2 at t = 0, int|q| = 2
+    pred = true.clone()
+    pred[0, 1, 0, 0] += 1.0  # total 2.5: error 0.5 / 2 = 0.25; field 1 is not conserved and is ignored
+    pred[0, 1, 1] += 7.0
+    assert torch.allclose(crmse_per_step(MassOnly(), pred, true), torch.tensor([[0.0, 0.25]]))
+
+
+def test_frmse_of_a_single_mode_lands_in_its_band_only():
+    x = torch.arange(64) / 64
+    true = torch.zeros(3, 1, 2, 64)
+    pred = true.clone()
+    for b, k in enumerate((2, 7, 20)):  # one per band: low k<4, mid 4<=k<12, high k>=12
+        pred[b, 0, 1] = 0.3 * torch.cos(2 * math.pi * k * x)
+    bands = frmse_per_step(pred, true, ndim=1)
+    expected = 0.3 / math.sqrt(2) / math.sqrt(2)  # RMSE of the mode, the mean over 2 fields taken on squares
+    for b, name in enumerate(("low", "mid", "high")):
+        for other in bands:
+            assert math.isclose(float(bands[other][b, 0]), expected if other == name else 0.0, abs_tol=1e-6)
+    total = sum(v**2 for v in bands.values())
+    assert torch.allclose(total, mse_per_step(pred, true), atol=1e-7)  # Parseval: bands add up to the MSE
+
+
+def test_frmse_2d_uses_the_radial_wavenumber():
+    x = torch.arange(32) / 32
+    e = torch.cos(2 * math.pi * (3 * x[:, None] + 3 * x[None, :]))  # |k| = sqrt(18) = 4.2: mid, though kx, ky < 4
+    pred = e.reshape(1, 1, 1, 32, 32)
+    bands = frmse_per_step(pred, torch.zeros_like(pred), ndim=2)
+    assert math.isclose(float(bands["mid"]), 1 / math.sqrt(2), rel_tol=1e-5)
+    assert float(bands["low"]) < 1e-6 and float(bands["high"]) < 1e-6
+
+
+def test_max_error_and_rmse_per_field():
+    true = torch.zeros(1, 1, 2, 4)
+    pred = torch.tensor([[[[1.0, -3.0, 0.0, 0.0], [2.0, 2.0, 2.0, 2.0]]]])
+    assert float(maxerr_per_step(pred, true)) == 3.0
+    assert torch.allclose(rmse_per_field(pred, true), torch.tensor([[[math.sqrt(10 / 4), 2.0]]]))
+
+
+def test_correlation_time_of_a_decaying_signal():
+    """pred = truth + growing noise-free distortion: corr(t) = 1 / sqrt(1 + a_t^2) for an orthogonal
+    mode of relative size a_t, so with a_t = 0.25 t it first drops below 0.8 (a > 0.75) at t = 4."""
+    x = torch.arange(64) / 64
+    s, o = torch.sin(2 * math.pi * x), torch.sin(2 * math.pi * 5 * x)
+    steps = 6
+    true = s.expand(2, steps + 1, 1, 64).clone()
+    pred = torch.stack([s + 0.25 * t * o for t in range(steps + 1)])[None, :, None].repeat(2, 1, 1, 1)
+    pred[1] = true[1]  # never decorrelates: past the horizon
+    assert correlation_time(pred, true).tolist() == [4, steps + 1]
+    assert correlation_time(pred, true, threshold=0.95).tolist() == [2, steps + 1]  # a > 0.33 at t = 2
