@@ -28,3 +28,25 @@ def headroom_captured(mse_baseline: float, mse_sel: float, mse_oracle: float) ->
     gap = mse_baseline - mse_oracle
     return float("nan") if gap <= 0 else (mse_baseline - mse_sel) / gap
 
+
+
+def bootstrap_ci(values: torch.Tensor, level: float = 0.95, resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of per-IC values (B,): resample the ICs with
+    replacement `resamples` times (seeded, so a rerun gives the same interval) and take the
+    (1 - level)/2 and (1 + level)/2 quantiles of the resampled means. Paired: pass the per-IC gain
+    of one rollout over another on the same ICs, so IC difficulty cancels."""
+    gen = torch.Generator().manual_seed(seed)
+    v = values.detach().double().cpu()
+    idx = torch.randint(0, v.numel(), (resamples, v.numel()), generator=gen)
+    means = v[idx].mean(dim=1)
+    lo, hi = torch.quantile(means, torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64))
+    return float(lo), float(hi)
+
+
+def gain_with_ci(mse_ref: torch.Tensor, mse: torch.Tensor, prefix: str, seed: int = 0) -> dict[str, float]:
+    """`<prefix>/mean|ci_lo|ci_hi|within_noise`: paired per-IC SampleGain (%) of `mse` over `mse_ref`
+    (both (B,)), its bootstrap 95% interval, and 1.0 when that interval includes 0 (within noise)."""
+    gain = sample_gain(mse_ref, mse)
+    lo, hi = bootstrap_ci(gain, seed=seed)
+    return {f"{prefix}/mean": float(gain.mean()), f"{prefix}/ci_lo": lo, f"{prefix}/ci_hi": hi,
+            f"{prefix}/within_noise": float(lo <= 0.0 <= hi)}

@@ -21,7 +21,7 @@ from ..data.datasets import SplitData
 from ..metrics.rollout import (conservation_drift, correlation_time, crmse_per_step, default_horizons, frmse_per_step,
                                maxerr_per_step, mse_per_step, nrmse_per_step, rmse_per_field)
 from ..metrics.prm import spearman
-from ..metrics.ttc import best_pick_rate, headroom_captured, sample_gain, summarize_gain
+from ..metrics.ttc import best_pick_rate, gain_with_ci, headroom_captured, sample_gain, summarize_gain
 from ..rewards import control_names, make_reward, selector_names
 from ..tracking import figures
 from ..models.checkpoint import load_operator
@@ -135,7 +135,9 @@ def _selector_metrics(ev, base, main: SearchResult, horizons, n_ics) -> dict:
     metrics["ttc/corr_time/mean"] = float(ev["corr_time"].mean())
     metrics["ttc/corr_time/median"] = float(ev["corr_time"].median())
     metrics |= summarize_gain(sample_gain(base["mse"][:, -1], ev["mse"][:, -1]))
-    metrics |= {"cost/model_evals": main.model_evals / n_ics, "cost/reward_evals": main.reward_evals / n_ics,
+    metrics |= gain_with_ci(base["mse"][:, -1], ev["mse"][:, -1], "sample_gain")
+    steps = ev["mse"].shape[1] - 1
+    metrics |= {"cost/model_evals": main.model_evals / n_ics, "cost/forward_per_step": main.model_evals / n_ics / steps, "cost/reward_evals": main.reward_evals / n_ics,
                 "cost/wall_s": main.wall_s, "cost/fallbacks": main.fallbacks, "ttc/n_ics": n_ics,
                 "cost/projection_refused": main.projection_refused,
                 "cost/projection_partial": main.projection_partial}
@@ -179,6 +181,9 @@ def ttc(cfg, ctx, run):
     controls = {name: r.reference(name, t.project_conservation) for name in control_names() if name != t.reward}
     metrics = _selector_metrics(ev, base, main, horizons, truth.shape[0])
     metrics |= _control_metrics(base, controls, horizons, steps)
+    for ref in ("random", "ensemble"):  # what a reward must beat: the same candidates picked blindly or averaged
+        if ref in controls:
+            metrics |= gain_with_ci(controls[ref]["mse"][:, -1], ev["mse"][:, -1], f"gain_vs/{ref}")
     final = metrics[f"rollout_mse/h{steps}"]
     oracle_final = metrics.get(f"control/oracle/rollout_mse/h{steps}", final)
     metrics["ttc/headroom_captured"] = headroom_captured(float(base["mse"][:, -1].mean()), final, oracle_final)
