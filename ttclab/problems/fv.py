@@ -25,7 +25,7 @@ def limited_slope(q: torch.Tensor, dim: int, limiter: str) -> torch.Tensor:
         slope = torch.sign(central) * mag
     else:
         raise ValueError(f"unknown limiter {limiter!r}; valid: minmod, mc")
-    return torch.where(same_sign, slope, torch.zeros_like(slope))
+    return torch.where(same_sign, slope, 0.0)  # a scalar: no zero tensor allocated per call
 
 
 def muscl_faces(q: torch.Tensor, axis: int, limiter: str) -> tuple[torch.Tensor, torch.Tensor]:
