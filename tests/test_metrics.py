@@ -91,3 +91,16 @@ def test_gain_with_ci_flags_noise_and_real_gains():
     noise = gain_with_ci(ref, 1 + 0.1 * torch.randn(30, generator=gen), "g")
     assert noise["g/within_noise"] == 1.0
     assert gain_with_ci(ref, ref * 0.9, "g", seed=3) == gain_with_ci(ref, ref * 0.9, "g", seed=3)  # seeded
+
+
+def test_compare_aggregates_candidate_seeds_with_standard_errors():
+    from ttclab.stages.compare import aggregate, table, within_noise
+
+    seeds = [{"rollout_nrmse/h2": 0.1, "rollout_mse/h2": 1.0, "sample_gain/mean": 4.0},
+             {"rollout_nrmse/h2": 0.3, "rollout_mse/h2": 3.0, "sample_gain/mean": 6.0}]
+    m = aggregate(seeds)
+    assert m["seeds/n"] == 2 and m["rollout_mse/h2"] == 2.0 and math.isclose(m["rollout_mse/h2/se"], 1.0)
+    assert not within_noise(m)  # 5 +- 1.96 * 1 excludes 0
+    assert within_noise(aggregate([{"sample_gain/mean": -1.0}, {"sample_gain/mean": 3.0}]))  # 1 +- 3.9
+    header, body = table([("arm", "id", m)])
+    assert body[0][header.index("MSE h2")] == "2.000e+00 ± 1.000e+00" and body[0][header.index("within noise")] == "no"

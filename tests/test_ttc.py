@@ -193,7 +193,7 @@ def test_comparison_key_separates_runs_of_other_prm_settings_only():
     from ttclab.stages.ttc import comparison_key
 
     key = comparison_key(build_tiny_project("euler1d"))
-    same = ("ttc.reward=prm", "ttc.project_conservation=true")
+    same = ("ttc.reward=prm", "ttc.project_conservation=true", "sampling.seed=3")  # seeds: one row, aggregated
     assert all(comparison_key(build_tiny_project("euler1d", s)) == key for s in same)
     for other in ("prm.width=7", "triplets.k=3", "ttc.beam=2", "sampling.latent_sigma=0.5", "arm.w_mass=2"):
         assert comparison_key(build_tiny_project("euler1d", other)) != key, other

@@ -20,17 +20,32 @@ def _row_name(tags) -> str:
     return name + ("+proj" if tags.get("ttclab.projection") == "true" else "")
 
 
+def _seed(run) -> str:
+    return run.data.params.get("sampling.seed", "?")
+
+
+def aggregate(per_seed: list[dict]) -> dict:
+    """Metrics of one row's runs, one per candidate seed -> their mean per key, `<key>/se` the
+    standard error across seeds (std / sqrt(n), 0 for one seed) and `seeds/n`."""
+    out = {"seeds/n": float(len(per_seed))}
+    for k in set().union(*per_seed):
+        v = np.array([m[k] for m in per_seed if k in m], dtype=float)
+        out[k] = float(v.mean())
+        out[f"{k}/se"] = float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0
+    return out
+
+
 def collect(tracker, cfg) -> list[tuple[str, str, dict]]:
-    """[(row name, run id, metrics)] newest first per row, in the selectors' rank order
-    (rewards/__init__.py; projection rows after)."""
+    """[(row name, newest run id, metrics aggregated over candidate seeds)] in the selectors' rank
+    order (rewards/__init__.py; projection rows after); per row and seed the newest finished run."""
     runs = tracker.runs({"ttclab.stage": "ttc", "ttclab.project": cfg.name,
                          "ttclab.compare_key": comparison_key(cfg)}, status="FINISHED")
-    newest = {}
+    newest: dict[str, dict[str, tuple[str, dict]]] = {}
     for r in runs:  # newest first
-        newest.setdefault(_row_name(r.data.tags), (r.info.run_id, dict(r.data.metrics)))
+        newest.setdefault(_row_name(r.data.tags), {}).setdefault(_seed(r), (r.info.run_id, dict(r.data.metrics)))
     rank = {name: i for i, name in enumerate(selector_names())}
     keys = sorted(newest, key=lambda n: (n.endswith("+proj"), rank.get(n.split("+")[0], 99)))
-    return [(k, *newest[k]) for k in keys]
+    return [(k, next(iter(newest[k].values()))[0], aggregate([m for _, m in newest[k].values()])) for k in keys]
 
 
 def series(tracker, rows, names: dict[str, str]) -> list[Series]:
@@ -45,7 +60,7 @@ def series(tracker, rows, names: dict[str, str]) -> list[Series]:
             if found:
                 mean = float(np.mean([float(r[col]) for r in table]))
                 drift.setdefault(found[1], []).append((int(found[2]), mean))
-        final = max((int(k.rsplit("h", 1)[1]) for k in m if k.startswith("rollout_mse/h")), default=0)
+        final = max((int(f[1]) for k in m if (f := re.fullmatch(r"rollout_mse/h(\d+)", k))), default=0)
         out.append(Series(names[run_id], tracker.history(run_id, "rollout_mse"), tracker.history(run_id, "rollout_nrmse"),
                           np.array([float(r["sample_gain"]) for r in table]), drift,
                           m.get(f"rollout_mse/h{final}", float("nan")), m.get("cost/model_evals", float("nan"))))
@@ -62,7 +77,8 @@ def choices(tracker, cfg, rows) -> list[str]:
     used = {run_id for _, run_id, _ in rows}
     notes = []
     for name, run_id, _ in rows:
-        group = [r for r in runs if _row_name(r.data.tags) == name]
+        chosen_seed = next(_seed(r) for r in runs if r.info.run_id == run_id)
+        group = [r for r in runs if _row_name(r.data.tags) == name and _seed(r) == chosen_seed]
         if len(group) < 2:
             continue
         seen = [{**r.data.params, "parent run": r.data.tags.get("mlflow.parentRunId", "-")} for r in group]
@@ -74,23 +90,58 @@ def choices(tracker, cfg, rows) -> list[str]:
     return notes
 
 
+def within_noise(m: dict, key: str = "sample_gain") -> bool:
+    """One seed: the run's paired bootstrap 95% interval over ICs includes 0. Several seeds: the
+    interval mean +- 1.96 s.e. across seeds includes 0."""
+    if m.get("seeds/n", 1) > 1:
+        return abs(m[f"{key}/mean"]) <= 1.96 * m[f"{key}/mean/se"]
+    return m.get(f"{key}/within_noise", 1.0) > 0
+
+
 def table(rows: list[tuple[str, str, dict]]) -> tuple[list[str], list[list[str]]]:
+    """The comparison's header and rows (strings): per row errors at every horizon, final MSE
+    (mean +- s.e. over candidate seeds), drifts, SampleGain with its interval and within-noise
+    flag, gain over the random pick and the ensemble mean, and compute per IC."""
     if not rows:
         return [], []
-    horizons = sorted({int(k.rsplit("h", 1)[1]) for _, _, m in rows for k in m if k.startswith("rollout_nrmse/h")})
+    horizons = sorted({int(k.rsplit("h", 1)[1]) for _, _, m in rows for k in m
+                       if k.startswith("rollout_nrmse/h") and not k.endswith("/se")})
     final = horizons[-1]
-    header = (["selector"] + [f"nRMSE h{h}" for h in horizons] + [f"MSE h{final}"]
-              + ["drift mass", "drift momentum", "drift energy", "SampleGain mean %", "median %", "improved",
-                 "Spearman", "model evals/IC", "wall s"])
+    header = (["selector", "seeds"] + [f"nRMSE h{h}" for h in horizons] + [f"MSE h{final}", f"cRMSE h{final}"]
+              + ["drift mass", "drift momentum", "drift energy", "SampleGain mean %", "95% CI", "within noise",
+                 "vs random %", "vs ens. mean %", "improved", "Spearman", "fwd/IC/step", "model evals/IC",
+                 "reward evals/IC", "wall s"])
     body = []
     for name, _, m in rows:
         def f(key, fmt="{:.3e}"):
-            return fmt.format(m[key]) if key in m else "-"
-        body.append([name] + [f(f"rollout_nrmse/h{h}", "{:.4f}") for h in horizons] + [f(f"rollout_mse/h{final}")]
+            if key not in m:
+                return "-"
+            se = m.get(f"{key}/se", 0.0)
+            return fmt.format(m[key]) + (f" ± {fmt.format(se).lstrip('+')}" if m["seeds/n"] > 1 else "")
+
+        def ci(key):
+            if m["seeds/n"] > 1 and f"{key}/mean/se" in m:
+                lo, hi = m[f"{key}/mean"] - 1.96 * m[f"{key}/mean/se"], m[f"{key}/mean"] + 1.96 * m[f"{key}/mean/se"]
+            elif f"{key}/ci_lo" in m:
+                lo, hi = m[f"{key}/ci_lo"], m[f"{key}/ci_hi"]
+            else:
+                return "-"
+            return f"[{lo:+.1f}, {hi:+.1f}]"
+
+        def vs(ref):
+            key = f"gain_vs/{ref}"
+            if f"{key}/mean" not in m:
+                return "-"
+            return f"{m[key + '/mean']:+.1f}{' (noise)' if within_noise(m, key) else ''}"
+
+        noise = "-" if "sample_gain/mean" not in m else ("yes" if within_noise(m) else "no")
+        body.append([name, f"{m['seeds/n']:.0f}"] + [f(f"rollout_nrmse/h{h}", "{:.4f}") for h in horizons]
+                    + [f(f"rollout_mse/h{final}"), f(f"rollout_crmse/h{final}", "{:.1e}")]
                     + [f(f"conservation/{q}/h{final}", "{:.1e}") for q in ("mass", "momentum", "energy")]
-                    + [f("sample_gain/mean", "{:+.1f}"), f("sample_gain/median", "{:+.1f}"),
+                    + [f("sample_gain/mean", "{:+.1f}"), ci("sample_gain"), noise, vs("random"), vs("ensemble"),
                        f("sample_gain/improved_frac", "{:.0%}"), f("reward/spearman", "{:+.3f}"),
-                       f("cost/model_evals", "{:.0f}"), f("cost/wall_s", "{:.1f}")])
+                       f("cost/forward_per_step", "{:.1f}"), f("cost/model_evals", "{:.0f}"),
+                       f("cost/reward_evals", "{:.0f}"), f("cost/wall_s", "{:.1f}")])
     return header, body
 
 

@@ -42,11 +42,15 @@ def _reward(name, cfg, ctx, problem):
 
 
 def comparison_key(cfg) -> str:
-    """Runs that share this key differ only in the selector and the projection flag, so they
-    belong in one comparison table (same data, operator, PRM, sampler, N, K, split, ICs): every
-    section of the ttc stage's key, its upstream ones included, with the ttc section less those two."""
-    ttc = {k: v for k, v in cfg.to_dict()["ttc"].items() if k not in ("reward", "project_conservation")}
-    blob = json.dumps([cfg.key(*(s for s in STAGES.get("ttc").key if s != "ttc")), ttc], sort_keys=True)
+    """Runs that share this key differ only in the selector, the projection flag and the candidate
+    seed, so they belong in one comparison table (same data, operator, PRM, sampler, N, K, split, ICs),
+    a row per selector and projection flag, aggregated over candidate seeds: every section of the ttc
+    stage's key, its upstream ones included, with ttc less those two and sampling less its seed."""
+    d = cfg.to_dict()
+    ttc = {k: v for k, v in d["ttc"].items() if k not in ("reward", "project_conservation")}
+    sampling = {k: v for k, v in d["sampling"].items() if k != "seed"}
+    blob = json.dumps([cfg.key(*(s for s in STAGES.get("ttc").key if s not in ("ttc", "sampling"))), ttc, sampling],
+                      sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
