@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import socket
 import struct
 import subprocess
 import sys
@@ -63,7 +64,12 @@ def main() -> int:
     server = subprocess.Popen(["mlflow", "ui", "--backend-store-uri", tracker.uri, "--host", "127.0.0.1",
                                "--port", str(args.port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        time.sleep(8)  # the server's start-up
+        for _ in range(120):  # the server's start-up: up to a minute on a busy machine
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", args.port)) == 0:
+                    break
+            time.sleep(0.5)
+        time.sleep(2)
         url = f"http://127.0.0.1:{args.port}/#/experiments/{runs[0].info.experiment_id}/runs"
         shoot(browser, url, args.out / "runs_table.png", "1600,1000")
     finally:

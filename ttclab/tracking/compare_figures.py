@@ -45,11 +45,12 @@ def dashboard(header: list[str], body: list[list[str]], series: list[Series], ti
     titles = ["", "Rollout MSE vs step", "Rollout nRMSE vs step", "SampleGain per IC vs baseline (%)"]
     titles += [f"Conservation drift: {q}" for q in quantities] + [""] * (3 * drift_rows - len(quantities))
     titles += ["Final MSE vs forward passes per IC"]
-    table_h = 80 + 30 * (len(body) + 1)
+    table_h = 110 + 76 * len(body)  # header and cells wrap to ~3 lines in 22 narrow columns; none may be cut off
     plot_h = 360
     fig = make_subplots(rows=rows, cols=3, specs=specs, subplot_titles=titles, vertical_spacing=0.06,
                         row_heights=[table_h] + [plot_h] * (rows - 1))
-    fig.add_trace(go.Table(header={"values": header}, cells={"values": list(map(list, zip(*body)))}), row=1, col=1)
+    fig.add_trace(go.Table(header={"values": header, "height": 44}, cells={"values": list(map(list, zip(*body))),
+                                                                          "height": 58}), row=1, col=1)
     colours = qualitative.Plotly + qualitative.D3
     for i, s in enumerate(series):
         style = {"legendgroup": s.name, "name": s.name, "marker": {"color": colours[i % len(colours)]}}
@@ -74,6 +75,6 @@ def dashboard(header: list[str], body: list[list[str]], series: list[Series], ti
     fig.update_yaxes(type="log", title_text="final MSE", row=rows, col=1)
     fig.update_xaxes(title_text="model forward passes per IC", row=rows, col=1)
     fig.update_layout(title=title, template="plotly_white", height=table_h + plot_h * (rows - 1) + 200,
-                      margin={"t": 90, "b": 60}, legend={"orientation": "h", "y": -0.02, "yanchor": "top"},
+                      margin={"t": 140, "b": 60}, legend={"orientation": "h", "y": 1.0, "yanchor": "bottom"},
                       boxmode="group")
     return to_html(fig)
