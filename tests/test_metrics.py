@@ -104,3 +104,20 @@ def test_compare_aggregates_candidate_seeds_with_standard_errors():
     assert within_noise(aggregate([{"sample_gain/mean": -1.0}, {"sample_gain/mean": 3.0}]))  # 1 +- 3.9
     header, body = table([("arm", "id", m)])
     assert body[0][header.index("MSE h2")] == "2.000e+00 ± 1.000e+00" and body[0][header.index("within noise")] == "no"
+
+
+def test_ttc_seeds_runs_once_per_candidate_seed_and_compare_aggregates_them(tmp_path, monkeypatch, tracking_store_in):
+    from click.testing import CliRunner
+    from conftest import DEFAULT_PROJECT, TINY_GRIDS, TINY_OVERRIDES
+
+    from ttclab.cli import main
+
+    tracking_store_in(monkeypatch, tmp_path)
+    sets = [f"{k}={v}" for k, v in TINY_OVERRIDES.items()] + [f"problem.{k}={v}" for k, v in TINY_GRIDS["euler1d"].items()]
+    sets += ["train.epochs=1", "ttc.reward=random", "ttc.branching=3", "ttc.n_ics=3"]
+    args = ["ttc", str(DEFAULT_PROJECT), "--quiet", "--seeds", "0,1"] + [a for s in sets for a in ("--set", s)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert result.output.count("ttc run ") == 2 and "compare run " in result.output
+    row = next(line for line in result.output.splitlines() if line.startswith("| random |"))
+    assert row.split("|")[2].strip() == "2"  # the seeds column: both candidate seeds in one row

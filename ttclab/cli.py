@@ -136,10 +136,25 @@ def stage_command(name: str, help_text: str) -> click.Command:
     @click.option("--overrides", "joined", default="", metavar="'K=V K=V'",
                   help="Space-separated KEY=VALUE overrides in one string (for MLproject parameters).")
     @click.option("--quiet", is_flag=True, help="No progress bars.")
-    def command(project, overrides, device, seed, inputs, joined, quiet):
-        run_stage(name, project, list(overrides) + joined.split(), device, seed, inputs, quiet)
+    def command(project, overrides, device, seed, inputs, joined, quiet, seeds=()):
+        sets = list(overrides) + joined.split()
+        for s in seeds:  # one run per candidate seed, then the table that aggregates them (mean +- s.e.)
+            run_stage(name, project, sets + [f"sampling.seed={s}"], device, seed, inputs, quiet)
+        if seeds:
+            return run_stage("compare", project, sets, device, seed, (), quiet)
+        run_stage(name, project, sets, device, seed, inputs, quiet)
 
+    if name == "ttc":
+        command = click.option("--seeds", callback=_seed_list, default="", metavar="0,1,2",
+                               help="Run once per candidate seed (sampling.seed), then `compare` aggregates them.")(command)
     return command
+
+
+def _seed_list(ctx, param, value: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(s) for s in value.split(",") if s.strip())
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: expected comma-separated integers, e.g. --seeds 0,1,2") from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
