@@ -18,6 +18,7 @@ OPERATOR = Input("operator", "train", OPERATOR_ARTIFACT)
 TRIPLETS = Input("triplets", "build_prm", TRIPLETS_ARTIFACT)
 PRM = Input("prm", "train_prm", PRM_ARTIFACT)
 RESUME = Input("resume")  # a checkpoint to continue training from; only when given
+INIT = Input("init")  # an operator.pt whose weights (and normalizer) a fine-tune starts from; only when given
 
 
 def data_path(cfg, ctx, split: str = "train", context: str = "training") -> Path:

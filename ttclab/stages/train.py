@@ -15,7 +15,9 @@ from ..models import checkpoint
 from ..training.loop import train as train_loop
 from ..ttc.rollout import rollout
 from . import stage
-from .common import DATA, OPERATOR_ARTIFACT, RESUME, data_path
+from ..errors import UserError
+from ..training.loop import evaluate
+from .common import DATA, INIT, OPERATOR_ARTIFACT, RESUME, data_path
 
 
 @torch.no_grad()
@@ -33,7 +35,7 @@ def rollout_report(model, data: SplitData, split: str, device) -> dict[str, floa
     return out
 
 
-@stage("train", key=("model", "train", "seed"), inputs=(DATA, RESUME),
+@stage("train", key=("model", "train", "seed"), inputs=(DATA, RESUME, INIT),
        run_name=lambda cfg: f"train · {cfg.model.type} · s{cfg.seed}", registers="operator", system_metrics=True)
 def train(cfg, ctx, run):
     """Train the operator; log losses, rollout errors and the checkpoint (model/operator.pt)."""
@@ -44,12 +46,35 @@ def train(cfg, ctx, run):
     n_params = sum(p.numel() * (2 if p.is_complex() else 1) for p in model.parameters())
     run.log({"model/n_params": n_params})
     resume = ctx.input("resume", cfg)  # a last.pt path; the training loop reads and checks it
+    init = ctx.input("init", cfg)
+    if init is not None:
+        if resume is not None:
+            raise InitError("--input init and --input resume: give one (resume continues a run, init starts a "
+                            "fine-tune from another run's operator.pt)")
+        start_from(model, data, init, cfg)
     save_kw = dict(problem_cfg=cfg.to_dict()["problem"], model_cfg=cfg.to_dict()["model"], normalizer=data.normalizer)
     with tempfile.TemporaryDirectory(prefix="ttclab-train-") as tmp:
-        return _fit(cfg, ctx, run, data, model, resume, save_kw, Path(tmp))
+        return _fit(cfg, ctx, run, data, model, resume, save_kw, Path(tmp), fine_tune=init is not None)
 
 
-def _fit(cfg, ctx, run, data, model, resume, save_kw, work: Path):
+class InitError(UserError):
+    """--input init that cannot start this training."""
+
+
+def start_from(model, data: SplitData, path, cfg) -> None:
+    """Fine-tune start: the pretrained weights and the pretrained normalizer (the weights mean
+    something only in the units they were trained in, so the target family is encoded with the
+    source family's statistics); the optimizer and schedule start fresh in the training loop."""
+    pretrained, normalizer, _ = checkpoint.load_operator(path, expect_problem=cfg.problem)
+    bad = checkpoint.weights_mismatch(model, pretrained.state_dict())
+    if bad:
+        raise checkpoint.CheckpointError(f"{path}: init weights do not fit this project's model (first mismatch: "
+                                         f"{bad}); set the model section the operator was trained with")
+    model.load_state_dict(pretrained.state_dict())
+    data.normalizer = normalizer.to("cpu")
+
+
+def _fit(cfg, ctx, run, data, model, resume, save_kw, work: Path, fine_tune: bool):
     ndim = data["train"].ndim - 3
 
     def normalized_pairs(split):
@@ -63,6 +88,10 @@ def _fit(cfg, ctx, run, data, model, resume, save_kw, work: Path):
         run.artifact(work / "last.pt", "model")
         run.report("val/loss", val, epoch)
 
+    if fine_tune:
+        # The loss the fine-tune starts from: with the source's data it is the source run's best val loss.
+        run.log({"init/val_loss": evaluate(model.to(ctx.device), *normalized_pairs("val"), cfg.train.batch_size,
+                                           ctx.device, cfg.train)}, 0)
     state = train_loop(model, normalized_pairs("train"), normalized_pairs("val"), cfg.train,
                        device=ctx.device, seed=cfg.seed, log=run.log, on_epoch=on_epoch,
                        resume=resume, progress=ctx.progress)
