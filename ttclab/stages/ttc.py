@@ -9,6 +9,7 @@ under `control/<name>/...`, so no gain can be credited to a reward that random p
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 import json
@@ -25,6 +26,7 @@ from ..metrics.ttc import best_pick_rate, gain_with_ci, headroom_captured, sampl
 from ..rewards import control_names, make_reward, selector_names
 from ..tracking import figures
 from ..models.checkpoint import load_operator
+from ..sampling.ensemble import Ensemble, member_seeds
 from ..ttc.search import SearchResult, search
 from . import STAGES, stage
 from . import controls as control_cache
@@ -102,12 +104,37 @@ class Rollouts:
                                        lambda traj: _evaluate(self.problem, self.truth, traj))
 
 
+def _operators(cfg, ctx) -> list:
+    """The operator's checkpoint; with sampler `ensemble`, one per member: the operator of this
+    config trained with seed + i, each got or run as the `train` stage with that seed."""
+    if "ensemble" not in cfg.sampling.parts:
+        return [operator_path(cfg, ctx)]
+    return [operator_path(dataclasses.replace(cfg, seed=s), ctx) for s in member_seeds(cfg.seed, cfg.sampling.members)]
+
+
 def _load(cfg, ctx) -> Rollouts:
-    op_path, d_path = operator_path(cfg, ctx), data_path(cfg, ctx, cfg.ttc.split, "evaluation")
-    model, normalizer, problem = load_operator(op_path, cfg.problem, ctx.device)  # refuses other physics
+    op_paths, d_path = _operators(cfg, ctx), data_path(cfg, ctx, cfg.ttc.split, "evaluation")
+    loaded = [load_operator(p, cfg.problem, ctx.device) for p in op_paths]  # refuses other physics
+    model, normalizer, problem = loaded[0]
+    if len(loaded) > 1:  # members share the data, hence the normalizer; candidates are in its units
+        model = Ensemble([m for m, _, _ in loaded])
     truth = SplitData(d_path, problem, cfg.data)[cfg.ttc.split][: cfg.ttc.n_ics or None].to(ctx.device)
-    memo = control_cache.base_key(cfg, op_path, d_path, ctx.device)
+    keys = [control_cache.base_key(cfg, p, d_path, ctx.device) for p in op_paths]
+    memo = keys[0] if len(keys) == 1 else hashlib.sha1(" ".join(keys).encode()).hexdigest()[:16]
     return Rollouts(cfg, ctx, model, normalizer, problem, truth, memo)
+
+
+def _member_controls(r: Rollouts) -> dict:
+    """Each ensemble member's own deterministic rollout, `member<i>` (member 0 is the baseline), so
+    the best single member is visible next to the ensemble's selectors."""
+    if not isinstance(r.model, Ensemble):
+        return {}
+    out = {}
+    for i, member in enumerate(r.model.members[1:], start=1):
+        res = search(member, r.normalizer, r.problem, r.truth, _reward("baseline", r.cfg, r.ctx, r.problem),
+                     sampling_cfg=r.cfg.sampling, project=r.cfg.ttc.project_conservation)
+        out[f"member{i}"] = _evaluate(r.problem, r.truth, res.trajectory)
+    return out
 
 
 def _pruning_report(run, truth, horizons):
@@ -183,6 +210,7 @@ def ttc(cfg, ctx, run):
     main = r.run(t.reward, t.project_conservation, on_step=_pruning_report(run, truth, horizons))
     ev = _evaluate(r.problem, truth, main.trajectory)
     controls = {name: r.reference(name, t.project_conservation) for name in control_names() if name != t.reward}
+    controls |= _member_controls(r)
     metrics = _selector_metrics(ev, base, main, horizons, truth.shape[0])
     metrics |= _control_metrics(base, controls, horizons, steps)
     for ref in ("random", "ensemble"):  # what a reward must beat: the same candidates picked blindly or averaged

@@ -1,0 +1,80 @@
+"""Deep-ensemble candidates: members' predictions as candidates, controls and compute counts."""
+
+import pytest
+import torch
+
+from ttclab.data.datasets import Normalizer
+from ttclab.problems import make_problem
+from ttclab.rewards import make_reward
+from ttclab.sampling import SamplingConfig
+from ttclab.sampling.ensemble import Ensemble, EnsembleError
+from ttclab.ttc.search import search
+
+
+@pytest.fixture(scope="module")
+def setup():
+    from conftest import build_tiny_project
+
+    from ttclab.models import make_model
+
+    cfg = build_tiny_project("euler1d")
+    problem = make_problem(cfg.problem)
+    members = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        members.append(make_model(cfg.model, n_fields=3, ndim=1).eval())
+    g = torch.Generator().manual_seed(0)
+    truth = 1.0 + 0.1 * torch.rand(2, 4, 3, 32, generator=g)  # positive density and pressure
+    return problem, members, truth, Normalizer(torch.ones(3), torch.full((3,), 0.5))
+
+
+def run(model, setup, reward, n, sampler="ensemble"):
+    problem, _, truth, norm = setup
+    return search(model, norm, problem, truth, make_reward(reward, problem=problem, generator=torch.Generator()),
+                  branching=n, sampling_cfg=SamplingConfig(sampler=sampler, members=len(getattr(model, "members", [0]))),
+                  generator=torch.Generator().manual_seed(0))
+
+
+@torch.no_grad()
+def test_one_member_ensemble_rolls_out_exactly_like_the_plain_operator(setup):
+    member = setup[1][0]
+    for reward in ("baseline", "random"):
+        a = run(Ensemble([member]), setup, reward, 2, "ensemble+latent_noise").trajectory
+        b = run(member, setup, reward, 2, "latent_noise").trajectory
+        assert torch.equal(a, b), reward
+
+
+@torch.no_grad()
+def test_ensemble_mean_control_at_step_1_is_the_mean_of_the_members_predictions(setup):
+    problem, members, truth, norm = setup
+    out = run(Ensemble(members), setup, "ensemble", 3).trajectory
+    x = norm.encode(truth[:, 0], 1)
+    expected = norm.decode(torch.stack([m(x) for m in members]).mean(0), 1)
+    assert torch.allclose(out[:, 1], expected, atol=1e-5)
+    assert torch.equal(run(Ensemble(members), setup, "baseline", 1).trajectory, run(members[0], setup, "baseline", 1,
+                                                                                   "latent_noise").trajectory)
+
+
+@torch.no_grad()
+def test_compute_counts_members_candidates(setup):
+    """3 members x 2 noisy candidates each, 2 ICs, 3 steps: 2 * 3 * 6 = 36 operator samples."""
+    res = run(Ensemble(setup[1]), setup, "random", 6, "ensemble+latent_noise")
+    assert res.model_evals == 2 * 3 * 6
+    with pytest.raises(EnsembleError, match="ttc.branching=4 is not a multiple of sampling.members=3"):
+        run(Ensemble(setup[1]), setup, "random", 4)
+
+
+def test_ttc_stage_trains_the_members_and_logs_their_controls(tmp_path, monkeypatch, tracking_store_in, tiny_project):
+    from ttclab.stages import Context
+    from ttclab.tracking.store import Tracker
+
+    tracker = Tracker(tracking_store_in(monkeypatch, tmp_path))
+    cfg = tiny_project("euler1d", "train.epochs=1", "sampling.sampler=ensemble", "sampling.members=2",
+                       "ttc.branching=2", "ttc.reward=random", "ttc.n_ics=3")
+    _, m = Context(tracker, progress=False).run("ttc", cfg)
+    exp = tracker.client.get_experiment_by_name("ttclab/euler1d")
+    trains = [r for r in tracker.client.search_runs([exp.experiment_id]) if r.data.tags["ttclab.stage"] == "train"]
+    assert sorted(r.data.params["seed"] for r in trains) == ["0", "1"]  # member i trained with seed + i
+    final = cfg.problem.n_snapshots - 1
+    assert m[f"control/member1/rollout_mse/h{final}"] != m[f"control/baseline/rollout_mse/h{final}"]
+    assert m["cost/forward_per_step"] == 2
