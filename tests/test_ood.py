@@ -84,3 +84,19 @@ def torch_init_loss(cfg) -> float:
     x, y = data.pairs("val", cfg.train.unroll)
     enc = data.normalizer.encode
     return evaluate(model, enc(x, 1), enc(y.flatten(0, 1), 1).view(y.shape), 64, "cpu", cfg.train)
+
+
+def test_bradley_terry_loss_matches_a_hand_computed_value():
+    import math
+
+    import torch
+
+    from ttclab.training.losses import PRM_LOSSES, bradley_terry_loss
+
+    # Scores (1, 0, -1): pair gaps 1, 1, 2 -> (2 log(1 + e^-1) + log(1 + e^-2)) / 3.
+    want = (2 * math.log1p(math.exp(-1)) + math.log1p(math.exp(-2))) / 3
+    assert bradley_terry_loss(torch.tensor([[1.0, 0.0, -1.0]])).item() == pytest.approx(want, rel=1e-6)
+    # A reversed order costs more, equal scores cost log 2 per pair.
+    assert bradley_terry_loss(torch.tensor([[-1.0, 0.0, 1.0]])).item() > want
+    assert bradley_terry_loss(torch.zeros(4, 3)).item() == pytest.approx(math.log(2))
+    assert {"triplet", "bradley_terry"} <= set(PRM_LOSSES.names())

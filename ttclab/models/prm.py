@@ -44,6 +44,7 @@ class PRMConfig:
     kernel: int = 5
     features: tuple[str, ...] = ("state", "increment", "deviation")  # local head only
     # training
+    loss: str = "triplet"  # PRM_LOSSES: triplet (margin hinge) | bradley_terry (pairwise logistic)
     margin: float = 0.1  # triplet margin: required score gap best > median and median > worst
     ref_weight: float = 1.0  # reference head: weight of the regression of r on the truth
     epochs: int = 20

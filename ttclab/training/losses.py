@@ -50,18 +50,34 @@ def triplet_margin_loss(scores: torch.Tensor, margin: float) -> torch.Tensor:
     return torch.relu(margin - gaps).sum(1).mean()
 
 
-@PRM_LOSSES.register("triplet_margin")
-def triplet_margin(model, batch: dict, cfg, problem=None) -> torch.Tensor:
-    """batch state (S, C, *X), cands (S, n, C, *X) the set scored together, triplet (S, 3) positions
-    of its best/median/worst, truth (S, C, *X)[, anchor]. Triplet margin loss on each set; for the
-    reference head plus ref_weight times the MSE of the reference r to the true next state, in units
-    of the candidate spread sigma (so the two terms have comparable scales whatever the noise)."""
-    scores, ref = model.score(batch["state"], batch["cands"], batch.get("anchor"))
-    loss = triplet_margin_loss(scores.gather(1, batch["triplet"]), cfg.margin)
-    if ref is not None and cfg.ref_weight > 0:
-        miss = (ref - batch["truth"]) / model.per_channel(model.dev_scale)
-        loss = loss + cfg.ref_weight * miss.square().mean()
-    return loss
+def bradley_terry_loss(scores: torch.Tensor) -> torch.Tensor:
+    """scores (M, 3) of (best, median, worst) -> scalar pairwise logistic (Bradley-Terry) loss over
+    the three ordered pairs i better than j, P(i beats j) = sigmoid(s_i - s_j):
+        L = mean_m (1/3) sum_{(i, j) in {(b, m), (m, w), (b, w)}} softplus(-(s_i - s_j)),
+    i.e. the mean negative log-likelihood of the observed order; no margin, never exactly zero."""
+    if scores.ndim != 2 or scores.shape[1] != 3:
+        raise ValueError(f"triplet scores must be (M, 3) ordered (best, median, worst), got {tuple(scores.shape)}")
+    gaps = torch.stack([scores[:, 0] - scores[:, 1], scores[:, 1] - scores[:, 2], scores[:, 0] - scores[:, 2]], 1)
+    return torch.nn.functional.softplus(-gaps).mean()
+
+
+def prm_objective(ranking_loss):
+    """A PRM loss from a ranking loss on the (M, 3) triplet scores: batch state (S, C, *X), cands
+    (S, n, C, *X) the set scored together, triplet (S, 3) positions of its best/median/worst, truth
+    (S, C, *X)[, anchor]. For the reference head plus ref_weight times the MSE of the reference r to
+    the true next state, in units of the candidate spread sigma (so the terms have comparable scales)."""
+    def loss_fn(model, batch: dict, cfg, problem=None) -> torch.Tensor:
+        scores, ref = model.score(batch["state"], batch["cands"], batch.get("anchor"))
+        loss = ranking_loss(scores.gather(1, batch["triplet"]), cfg)
+        if ref is not None and cfg.ref_weight > 0:
+            miss = (ref - batch["truth"]) / model.per_channel(model.dev_scale)
+            loss = loss + cfg.ref_weight * miss.square().mean()
+        return loss
+    return loss_fn
+
+
+PRM_LOSSES.register("triplet")(prm_objective(lambda scores, cfg: triplet_margin_loss(scores, cfg.margin)))
+PRM_LOSSES.register("bradley_terry")(prm_objective(lambda scores, cfg: bradley_terry_loss(scores)))
 
 
 def bc_loss(final: torch.Tensor, teacher: torch.Tensor, u_max: float) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""PRM supervision: triplet selection from ranked candidates and training (loss: losses.triplet_margin).
+"""PRM supervision: triplet selection from ranked candidates and training (loss: PRM_LOSSES[prm.loss]).
 
 Data (one row per state, all tensors):
     state (S, C, *X)     current state, normalized with the operator's normalizer
@@ -82,7 +82,7 @@ def take(data: dict, idx, device) -> dict:
 
 
 def set_batch(rows: dict, subset: torch.Tensor, triplet: torch.Tensor) -> dict:
-    """Rows of a data dict -> a triplet_margin batch: each state's drawn set of candidates
+    """Rows of a data dict -> a PRM_LOSSES batch: each state's drawn set of candidates
     (S, n, C, *X) and the positions (S, 3) of its best, median and worst within the set."""
     batch = {k: rows[k] for k in ("state", "truth", "anchor") if k in rows}
     return {**batch, "cands": gather_candidates(rows["cands"], subset), "triplet": triplet}
@@ -93,7 +93,7 @@ def evaluate(model: PRM, data: dict, sets: tuple, cfg: PRMConfig, device) -> flo
     """Mean training objective over fixed validation sets (the same draw every epoch)."""
     model.eval()
     subset, triplet = sets
-    loss, total = PRM_LOSSES.get("triplet_margin"), 0.0
+    loss, total = PRM_LOSSES.get(cfg.loss), 0.0
     for i in range(0, len(subset), cfg.batch_size):
         sl = slice(i, i + cfg.batch_size)
         batch = set_batch(take(data, sl, device), subset[sl].to(device), triplet[sl].to(device))
@@ -114,7 +114,7 @@ def train(model: PRM, train_data: dict, val_data: dict, cfg: PRMConfig, *, devic
     sample = take(train_data, torch.randperm(n, generator=gen)[: 8 * cfg.batch_size], "cpu")
     model.fit_scale(sample["state"], sample["cands"], sample.get("anchor"))
     val_sets = draw_sets(val_data["mse"], cfg.set_size, torch.Generator().manual_seed(cfg.seed + 1))
-    loss = PRM_LOSSES.get("triplet_margin")
+    loss = PRM_LOSSES.get(cfg.loss)
 
     def batches(epoch):
         perm = torch.randperm(n, generator=gen)
