@@ -100,3 +100,41 @@ def test_bradley_terry_loss_matches_a_hand_computed_value():
     assert bradley_terry_loss(torch.tensor([[-1.0, 0.0, 1.0]])).item() > want
     assert bradley_terry_loss(torch.zeros(4, 3)).item() == pytest.approx(math.log(2))
     assert {"triplet", "bradley_terry"} <= set(PRM_LOSSES.names())
+
+
+def test_horizon_labels_with_h0_are_next_state_labels_and_look_ahead_otherwise():
+    import torch
+
+    from ttclab.training.triplet import horizon_errors
+
+    gen = torch.Generator().manual_seed(0)
+    cands, future = torch.randn(6, 4, 3, 8, generator=gen), torch.randn(6, 3, 3, 8, generator=gen)
+    next_mse = ((cands - future[:, :1]) ** 2).flatten(2).mean(2)
+    ones = torch.ones(6, 1, dtype=torch.bool)
+    for reduce in ("final", "mean"):
+        assert torch.equal(horizon_errors(lambda u: 2 * u, cands, future[:, :1], ones, reduce), next_mse)
+    # H = 2 with step u -> 2u: e_h = MSE(2^h cand, future_h); the last state has only h = 0, 1 valid.
+    valid = torch.ones(6, 3, dtype=torch.bool)
+    valid[-1, 2] = False
+    e = torch.stack([((2 ** h * cands - future[:, h : h + 1]) ** 2).flatten(2).mean(2) for h in range(3)], -1)
+    final = horizon_errors(lambda u: 2 * u, cands, future, valid, "final")
+    assert torch.allclose(final[:-1], e[:-1, :, 2]) and torch.allclose(final[-1], e[-1, :, 1])
+    mean = horizon_errors(lambda u: 2 * u, cands, future, valid, "mean")
+    assert torch.allclose(mean[:-1], e[:-1].mean(-1)) and torch.allclose(mean[-1], e[-1, :, :2].mean(-1))
+
+
+def test_build_prm_with_horizon_zero_labels_like_next(isolated_tracking, tiny_data_file):
+    from ttclab.data.pdebench import read_triplets
+    from ttclab.stages import Context
+    from ttclab.tracking.store import Tracker
+
+    tracker = Tracker(isolated_tracking)
+    sets = (f"data.path={tiny_data_file('euler1d')}", "train.epochs=1", "triplets.k=4", "triplets.fraction=0.3")
+    files = {}
+    for label in ("triplets.label=next", "triplets.label=horizon"):
+        run_id, out = Context(tracker, progress=False).run(
+            "build_prm", build_tiny_project("euler1d", *sets, label, "triplets.horizon=0"))
+        files[label] = read_triplets(out["path"], keys=("mse", "next_mse"))
+        assert "triplets/label_s" in tracker.run_info(run_id).data.metrics
+    nxt, hor = files.values()
+    assert np.allclose(hor["mse"], nxt["mse"], rtol=1e-6) and np.array_equal(hor["next_mse"], nxt["mse"])

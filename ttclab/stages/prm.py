@@ -28,7 +28,7 @@ from ..problems import make_problem
 from ..rewards.prm import save_prm
 from ..sampling import candidates
 from ..models import checkpoint
-from ..training.triplet import gather_candidates, draw_sets, rank_triplet, score_all
+from ..training.triplet import gather_candidates, draw_sets, horizon_errors, rank_triplet, score_all
 from ..training.triplet import train as train_loop
 from ..ttc.rollout import rollout
 from . import stage
@@ -54,6 +54,24 @@ def diversity(mse: torch.Tensor, det_mse: torch.Tensor, ns: tuple[int, ...]) -> 
     for n in ns:
         out[f"triplets/oracle_vs_det_n{n}"] = float((det - mse[:, :n].min(1).values.mean()) / det)
     return out
+
+
+def horizon_labels(model, norm, cands, traj, ic_of, t_of, tc, device) -> tuple[torch.Tensor, float]:
+    """(S, K) look-ahead labels (training.triplet.horizon_errors) over chunks of states, and the seconds
+    it took: each candidate continued tc.horizon deterministic steps, compared with the data there."""
+    ndim, last = traj.ndim - 3, traj.shape[1] - 1
+    ahead = t_of.unsqueeze(1) + 1 + torch.arange(tc.horizon + 1)  # (S, H+1) frames t+1..t+1+H
+    valid = ahead <= last  # near the end of a trajectory fewer steps remain
+
+    def step(u):
+        return norm.decode(model(norm.encode(u.to(device), ndim)), ndim)
+
+    start, out = time.perf_counter(), []
+    for i in range(0, len(cands), tc.batch_size):
+        sl = slice(i, i + tc.batch_size)
+        future = traj[ic_of[sl].unsqueeze(1), ahead[sl].clamp(max=last)].to(device)
+        out.append(horizon_errors(step, cands[sl].to(device), future, valid[sl].to(device), tc.label_reduce).cpu())
+    return torch.cat(out), time.perf_counter() - start
 
 
 @stage("build_prm", key=("sampling", "triplets"), inputs=(DATA, OPERATOR),
@@ -98,18 +116,24 @@ def build_prm(cfg, ctx, run):
             det_mse.append(((d - y) ** 2).flatten(1).mean(1).cpu())
     cands, mse, det, det_mse = torch.cat(cands), torch.cat(mse), torch.cat(det), torch.cat(det_mse)
     seconds = time.perf_counter() - start
+    next_mse, label_seconds = mse, 0.0
+    if tc.label == "horizon":
+        mse, label_seconds = horizon_labels(model, norm, cands, traj, ic_of, t_of, tc, ctx.device)
     trip = rank_triplet(mse)
     best, median, worst = (gather_candidates(cands, trip[:, j : j + 1]).squeeze(1) for j in range(3))
     arrays = {"state": states, "truth": truth, "best": best, "median": median, "worst": worst,
-              "candidates": cands, "mse": mse, "det": det, "det_mse": det_mse,
+              "candidates": cands, "mse": mse, "next_mse": next_mse, "det": det, "det_mse": det_mse,
               "ic": data.indices["train"][ic_of.numpy()], "step": t_of,
               "norm_mean": norm.mean.cpu(), "norm_std": norm.std.cpu()}
     arrays = {k: np.asarray(v) for k, v in arrays.items()}
     attrs = {"problem": problem.name, "k": tc.k, "states": tc.states, "sampler": cfg.sampling.sampler,
-             "latent_sigma": cfg.sampling.latent_sigma, "input_eps": cfg.sampling.input_eps, "seed": tc.seed}
+             "latent_sigma": cfg.sampling.latent_sigma, "input_eps": cfg.sampling.input_eps, "seed": tc.seed,
+             "label": tc.label, "horizon": tc.horizon if tc.label == "horizon" else 0, "label_reduce": tc.label_reduce}
     stats = {"triplets/n_ics": n_ic, "triplets/n_states": len(states), "triplets/k": tc.k,
              "triplets/sample_s": seconds, "triplets/candidates_per_s": len(states) * tc.k / seconds,
-             **diversity(mse, det_mse, tuple(sorted({min(5, tc.k), tc.k})))}
+             "triplets/label_s": label_seconds,  # look-ahead labels: H forward passes per candidate
+             "triplets/label_forward_passes": len(states) * tc.k * tc.horizon if tc.label == "horizon" else 0,
+             **diversity(next_mse, det_mse, tuple(sorted({min(5, tc.k), tc.k})))}
     run.log(stats)
     run.tags({"ttclab.sampler": cfg.sampling.sampler, "ttclab.split": "train"})
     with tempfile.TemporaryDirectory(prefix="ttclab-triplets-") as tmp:

@@ -29,6 +29,9 @@ class TripletConfig:
     k: int = 16  # candidates drawn per state (100 at full scale; a small K keeps CPU builds short)
     stride: int = 1  # use every `stride`-th step of each trajectory as a state
     states: str = "rollout"  # rollout: the operator's own rollout states (as TTC meets them); truth
+    label: str = "next"  # next: rank by the MSE to the true next state; horizon: after H more steps
+    horizon: int = 4  # label=horizon: deterministic operator steps each candidate is continued
+    label_reduce: str = "final"  # label=horizon: final = MSE at t+1+H, mean = mean MSE over t+1..t+1+H
     batch_size: int = 32  # states per batched pass (x k candidates); larger batches cost page faults
     seed: int = 0  # seeds the IC subset and the candidate noise
 
@@ -37,8 +40,32 @@ class TripletConfig:
             raise ValueError("fraction must lie in (0, 1]")
         if self.states not in ("rollout", "truth"):
             raise ValueError(f"states must be rollout or truth, got {self.states!r}")
+        if self.label not in ("next", "horizon") or self.label_reduce not in ("final", "mean") or self.horizon < 0:
+            raise ValueError("need label next|horizon, label_reduce final|mean and horizon >= 0")
         if self.k < 3 or self.stride < 1 or self.batch_size < 1:
             raise ValueError("need k >= 3 (best, median, worst), stride >= 1 and batch_size >= 1")
+
+
+@torch.no_grad()
+def horizon_errors(step: Callable[[torch.Tensor], torch.Tensor], cands: torch.Tensor, future: torch.Tensor,
+                   valid: torch.Tensor, reduce: str) -> torch.Tensor:
+    """Look-ahead labels (Math-Shepherd style: a step is judged by where it leads). cands (S, K, C, *X)
+    candidate next states; step maps a batch of states to the deterministic next states; future
+    (S, H+1, C, *X) the true states at t+1..t+1+H, valid (S, H+1) False past the data's end.
+    e_h = MSE(step^h(cand), future_h); label = e at the last valid h (final) or mean_h e_h over the
+    valid h (mean) -> (S, K). Costs H forward passes per candidate; H = 0 is the next-state MSE."""
+    s, k = cands.shape[:2]
+    u, errs = cands, []
+    for h in range(future.shape[1]):
+        if h:
+            u = step(u.flatten(0, 1)).view(u.shape)
+        errs.append(((u - future[:, h : h + 1]) ** 2).flatten(2).mean(2))
+    err = torch.stack(errs, -1)  # (S, K, H+1)
+    if reduce == "mean":
+        mask = valid.unsqueeze(1).to(err.dtype)
+        return (err * mask).sum(-1) / mask.sum(-1)
+    last = valid.long().sum(1) - 1
+    return err.gather(-1, last.view(s, 1, 1).expand(s, k, 1)).squeeze(-1)
 
 
 def rank_triplet(mse: torch.Tensor) -> torch.Tensor:
