@@ -24,4 +24,4 @@ def make_operator(cfg, n_fields: int, ndim: int) -> Operator:
     return make_model(cfg, n_fields=n_fields, ndim=ndim)
 
 
-from . import fno, trc  # noqa: E402,F401  (registration)
+from . import fno, trc, upt  # noqa: E402,F401  (registration)
