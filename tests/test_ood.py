@@ -138,3 +138,22 @@ def test_build_prm_with_horizon_zero_labels_like_next(isolated_tracking, tiny_da
         assert "triplets/label_s" in tracker.run_info(run_id).data.metrics
     nxt, hor = files.values()
     assert np.allclose(hor["mse"], nxt["mse"], rtol=1e-6) and np.array_equal(hor["next_mse"], nxt["mse"])
+
+
+def test_mixed_states_are_the_truth_states_then_the_rollout_states(isolated_tracking, tiny_data_file):
+    from ttclab.data.pdebench import read_triplets
+    from ttclab.stages import Context
+    from ttclab.tracking.store import Tracker
+
+    tracker = Tracker(isolated_tracking)
+    sets = (f"data.path={tiny_data_file('euler1d')}", "train.epochs=1", "triplets.k=4", "triplets.fraction=0.3")
+    got = {}
+    for kind in ("truth", "rollout", "mixed"):
+        _, out = Context(tracker, progress=False).run("build_prm", build_tiny_project("euler1d", *sets, f"triplets.states={kind}"))
+        got[kind] = read_triplets(out["path"], keys=("state", "truth", "from_rollout"))
+    n = len(got["truth"]["state"])
+    mixed = got["mixed"]
+    assert len(mixed["state"]) == 2 * n and mixed["from_rollout"].sum() == n
+    assert np.array_equal(mixed["state"][:n], got["truth"]["state"])
+    assert np.array_equal(mixed["state"][n:], got["rollout"]["state"])
+    assert np.array_equal(mixed["truth"][:n], mixed["truth"][n:])  # the same next snapshots label both

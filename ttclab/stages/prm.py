@@ -90,16 +90,24 @@ def build_prm(cfg, ctx, run):
     # Every (IC, step) pair is one state; its truth is the next snapshot.
     ic_of = ics.repeat_interleave(len(steps))
     t_of = steps.repeat(n_ic)
+    kinds = ("truth", "rollout") if tc.states == "mixed" else (tc.states,)
+    parts = []
+    for kind in kinds:
+        if kind == "truth":
+            parts.append(traj[ic_of, t_of])
+        else:
+            # The states TTC actually meets: the operator's own deterministic rollout from each IC, with
+            # its accumulated error; candidates are still ranked against the true next snapshot.
+            with torch.no_grad():
+                pred = rollout(model, norm.encode(traj[ics, 0].to(ctx.device), ndim), traj.shape[1] - 2)
+                pred = norm.decode(pred.flatten(0, 1), ndim).view(pred.shape).cpu()
+            parts.append(pred[torch.arange(n_ic).repeat_interleave(len(steps)), t_of])
+    # mixed: both kinds of every (IC, step), rollout states as met at test time, truth states with
+    # cleaner labels; `from_rollout` says which is which (the held-out split is by IC, so both sides agree).
+    states = torch.cat(parts)
+    from_rollout = torch.cat([torch.full((len(p),), kind == "rollout") for kind, p in zip(kinds, parts)])
+    ic_of, t_of = ic_of.repeat(len(kinds)), t_of.repeat(len(kinds))
     truth = traj[ic_of, t_of + 1]
-    if tc.states == "truth":
-        states = traj[ic_of, t_of]
-    else:
-        # The states TTC actually meets: the operator's own deterministic rollout from each IC, with
-        # its accumulated error; candidates are still ranked against the true next snapshot.
-        with torch.no_grad():
-            pred = rollout(model, norm.encode(traj[ics, 0].to(ctx.device), ndim), traj.shape[1] - 2)
-            pred = norm.decode(pred.flatten(0, 1), ndim).view(pred.shape).cpu()
-        states = pred[torch.arange(n_ic).repeat_interleave(len(steps)), t_of]
     gen = torch.Generator(device=ctx.device).manual_seed(tc.seed)
     start = time.perf_counter()
     cands, mse, det, det_mse = [], [], [], []
@@ -123,7 +131,7 @@ def build_prm(cfg, ctx, run):
     best, median, worst = (gather_candidates(cands, trip[:, j : j + 1]).squeeze(1) for j in range(3))
     arrays = {"state": states, "truth": truth, "best": best, "median": median, "worst": worst,
               "candidates": cands, "mse": mse, "next_mse": next_mse, "det": det, "det_mse": det_mse,
-              "ic": data.indices["train"][ic_of.numpy()], "step": t_of,
+              "ic": data.indices["train"][ic_of.numpy()], "step": t_of, "from_rollout": from_rollout,
               "norm_mean": norm.mean.cpu(), "norm_std": norm.std.cpu()}
     arrays = {k: np.asarray(v) for k, v in arrays.items()}
     attrs = {"problem": problem.name, "k": tc.k, "states": tc.states, "sampler": cfg.sampling.sampler,

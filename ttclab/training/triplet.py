@@ -28,7 +28,7 @@ class TripletConfig:
     fraction: float = 0.125  # of the train ICs used for PRM supervision
     k: int = 16  # candidates drawn per state (100 at full scale; a small K keeps CPU builds short)
     stride: int = 1  # use every `stride`-th step of each trajectory as a state
-    states: str = "rollout"  # rollout: the operator's own rollout states (as TTC meets them); truth
+    states: str = "rollout"  # rollout: the operator's own rollout states (as TTC meets them); truth; mixed: both
     label: str = "next"  # next: rank by the MSE to the true next state; horizon: after H more steps
     horizon: int = 4  # label=horizon: deterministic operator steps each candidate is continued
     label_reduce: str = "final"  # label=horizon: final = MSE at t+1+H, mean = mean MSE over t+1..t+1+H
@@ -38,8 +38,8 @@ class TripletConfig:
     def validate(self):
         if not 0 < self.fraction <= 1:
             raise ValueError("fraction must lie in (0, 1]")
-        if self.states not in ("rollout", "truth"):
-            raise ValueError(f"states must be rollout or truth, got {self.states!r}")
+        if self.states not in ("rollout", "truth", "mixed"):
+            raise ValueError(f"states must be rollout, truth or mixed (both), got {self.states!r}")
         if self.label not in ("next", "horizon") or self.label_reduce not in ("final", "mean") or self.horizon < 0:
             raise ValueError("need label next|horizon, label_reduce final|mean and horizon >= 0")
         if self.k < 3 or self.stride < 1 or self.batch_size < 1:
