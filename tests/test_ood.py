@@ -157,3 +157,15 @@ def test_mixed_states_are_the_truth_states_then_the_rollout_states(isolated_trac
     assert np.array_equal(mixed["state"][:n], got["truth"]["state"])
     assert np.array_equal(mixed["state"][n:], got["rollout"]["state"])
     assert np.array_equal(mixed["truth"][:n], mixed["truth"][n:])  # the same next snapshots label both
+
+
+def test_ranking_by_step_separates_the_steps():
+    import torch
+
+    from ttclab.metrics.prm import ranking_by_step
+
+    err = torch.tensor([[0.1, 0.2, 0.3], [0.1, 0.2, 0.3], [0.1, 0.2, 0.3]])
+    scores = torch.tensor([[3.0, 2.0, 1.0], [3.0, 2.0, 1.0], [1.0, 2.0, 3.0]])  # step 1: inverted
+    out = ranking_by_step(scores, {"next": err}, torch.tensor([0, 0, 1]))
+    assert out["next/spearman"] == {0: pytest.approx(1.0), 1: pytest.approx(-1.0)}
+    assert out["next/best_pick"] == {0: 1.0, 1: 0.0}

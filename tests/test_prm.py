@@ -157,6 +157,8 @@ def test_train_prm_stage_end_to_end(tmp_path, monkeypatch, tracking_store_in, ti
         assert key in metrics and math.isfinite(metrics[key])
     steps = sorted(m.step for m in tracker.client.get_metric_history(run_id, "val/loss"))
     assert len(steps) == 3 and steps[0] == 0  # the untrained anchor (epoch 0), then 2 epochs
+    by_step = tracker.client.get_metric_history(run_id, "prm/by_step/next/spearman")  # one point per rollout step
+    assert len(by_step) > 1 and all(-1 <= m.value <= 1 for m in by_step)
     assert {"triplets/spread", "triplets/oracle_gap", "triplets/n_states"} <= set(runs["build_prm"].data.metrics)
     build_dir, prm_dir = tracker.artifact_dir(runs["build_prm"].info.run_id), tracker.artifact_dir(run_id)
     triplets = read_triplets(build_dir / "prm" / "triplets.h5", keys=("state", "best", "median", "worst", "candidates"))

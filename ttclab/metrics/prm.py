@@ -107,3 +107,19 @@ def ranking_report(scores: torch.Tensor, errors: torch.Tensor, bins: int = 10, p
         f"{prefix}/top1": float((chosen <= best).float().mean()),
         f"{prefix}/regret": float(((chosen - best) / errors.mean(1).clamp_min(1e-30)).mean()),
     }
+
+
+def ranking_by_step(scores: torch.Tensor, errors: dict[str, torch.Tensor], steps: torch.Tensor) -> dict[str, dict[int, float]]:
+    """Where along the rollout a scorer stops ranking. scores (B, N); errors {name: (B, N)} (e.g. the
+    next-state MSE and the H-step label); steps (B,) the rollout step of each state ->
+    {"<name>/spearman": {t: mean Spearman over the states at step t},
+     "<name>/best_pick": {t: share of those states where the top-scored candidate has the least error}}."""
+    top = scores.argmax(1, keepdim=True)
+    out: dict[str, dict[int, float]] = {}
+    for name, err in errors.items():
+        rho = spearman(scores, err)
+        hit = (err.gather(1, top).squeeze(1) <= err.min(1).values).float()
+        at = {int(t): steps == t for t in steps.unique()}
+        out[f"{name}/spearman"] = {t: float(rho[m].mean()) for t, m in at.items()}
+        out[f"{name}/best_pick"] = {t: float(hit[m].mean()) for t, m in at.items()}
+    return out

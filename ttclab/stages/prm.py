@@ -22,7 +22,7 @@ import torch
 
 from ..data import pdebench
 from ..data.datasets import Normalizer, SplitData
-from ..metrics.prm import calibration, ranking_report, triplet_accuracy
+from ..metrics.prm import calibration, ranking_by_step, ranking_report, triplet_accuracy
 from ..models.prm import PRM
 from ..problems import make_problem
 from ..rewards.prm import save_prm
@@ -198,7 +198,10 @@ def train_prm(cfg, ctx, run):
         return norm.encode(u.flatten(0, u.ndim - ndim - 2), ndim).view(u.shape)
 
     data = {"state": encode("state"), "truth": encode("truth"), "cands": encode("candidates"),
-            "mse": torch.from_numpy(raw["mse"]), "det_mse": torch.from_numpy(raw["det_mse"])}
+            "mse": torch.from_numpy(raw["mse"]), "det_mse": torch.from_numpy(raw["det_mse"]),
+            # older files have no next_mse (their labels are next-state MSEs) or step
+            "next_mse": torch.from_numpy(raw.get("next_mse", raw["mse"])),
+            "step": torch.from_numpy(raw["step"]) if "step" in raw else torch.zeros(len(raw["mse"]), dtype=torch.long)}
     if pc.anchor == "operator":
         data["anchor"] = encode("det")
     # Held-out split by IC: no state of a validation IC is ever seen in training.
@@ -222,6 +225,13 @@ def train_prm(cfg, ctx, run):
     operator = checkpoint.read(operator_path(cfg, ctx)) if pc.anchor == "operator" else None
     report.update({"val/best_loss": result["best_val"], "prm/best_epoch": result["best_epoch"], "prm/train_s": seconds})
     run.log(report, result["step"])
+    # Ranking quality vs rollout step (metric step = rollout step) against the next-state error and
+    # the training label (the H-step error with triplets.label=horizon).
+    by_step = ranking_by_step(score_all(model, val_data, device=ctx.device),
+                              {"next": val_data["next_mse"], "label": val_data["mse"]}, val_data["step"])
+    for name, curve in by_step.items():
+        for t, value in curve.items():
+            run.log({f"prm/by_step/{name}": value}, t)
     with tempfile.TemporaryDirectory(prefix="ttclab-prm-") as tmp:
         ckpt = save_prm(Path(tmp) / Path(PRM_ARTIFACT).name, model.cpu(), norm, cfg.to_dict()["problem"],
                         cfg.to_dict()["prm"], n_fields, operator=operator, best_val=result["best_val"])
