@@ -169,3 +169,13 @@ def test_ranking_by_step_separates_the_steps():
     out = ranking_by_step(scores, {"next": err}, torch.tensor([0, 0, 1]))
     assert out["next/spearman"] == {0: pytest.approx(1.0), 1: pytest.approx(-1.0)}
     assert out["next/best_pick"] == {0: 1.0, 1: 0.0}
+
+
+def test_ranking_curves_number_the_steps_from_one_and_skip_unranked_steps():
+    import torch
+
+    from ttclab.metrics.prm import ranking_curves
+
+    good, err = torch.tensor([[2.0, 1.0]]), torch.tensor([[0.1, 0.2]])
+    out = ranking_curves([good, -good, torch.zeros(1, 1)], [err, err, torch.zeros(1, 1)])
+    assert out["next/best_pick"] == {1: 1.0, 2: 0.0}

@@ -21,7 +21,7 @@ import torch
 from ..data.datasets import SplitData
 from ..metrics.rollout import (conservation_drift, correlation_time, crmse_per_step, default_horizons, frmse_per_step,
                                maxerr_per_step, mse_per_step, nrmse_per_step, rmse_per_field)
-from ..metrics.prm import spearman
+from ..metrics.prm import ranking_curves, spearman
 from ..metrics.ttc import best_pick_rate, gain_with_ci, headroom_captured, sample_gain, summarize_gain
 from ..rewards import control_names, make_reward, selector_names
 from ..tracking import figures
@@ -222,6 +222,9 @@ def ttc(cfg, ctx, run):
     run.log(metrics)
     for h in range(1, steps + 1):
         run.log({"rollout_mse": float(ev["mse"][:, h].mean()), "rollout_nrmse": float(ev["nrmse"][:, h].mean())}, h)
+    for name, curve in ranking_curves(main.scores, main.errors).items():  # where along the rollout ranking fails
+        for h, value in curve.items():
+            run.log({f"reward/by_step/{name}": value}, h)
     curves = {"baseline": base["mse"].mean(0), t.reward: ev["mse"].mean(0)}
     curves |= {name: c_ev["mse"].mean(0) for name, c_ev in controls.items()}
     gain = sample_gain(base["mse"][:, -1], ev["mse"][:, -1])
