@@ -207,3 +207,26 @@ def test_controller_checkpoint_round_trip_and_bad_files(tmp_path):
     torch.save({**blob, "model": to_dict(wide)}, other := tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match=r"other.pt: weights do not match .*\(16,\) vs \(24,\)"):
         load_controller(other)
+
+
+@pytest.mark.parametrize("cfg_cls", [DoubleIntegratorConfig, VanDerPolConfig])
+def test_best_of_n_one_is_plain_and_oracle_never_costlier(cfg_cls):
+    from ttclab.training.trc_test_time import best_of_n
+
+    problem, x0, target = problems(32, cfg=cfg_cls)
+    torch.manual_seed(0)
+    model = make_model(TRCModelConfig(latent=16, layers=1, H_cycles=2, L_cycles=1), **problem.dims)
+    with torch.no_grad():
+        plain = model(x0.float(), target.float()).controls[-1].double()
+    plain_cost = problem.evaluate(x0, target, plain)["cost"]
+    for verifier in ("value", "oracle", "random"):
+        one = best_of_n(model, problem, x0, target, 1, 0.5, verifier, torch.Generator().manual_seed(1))
+        assert torch.equal(one["controls"], plain) and one["cycles"] == 2
+    many = best_of_n(model, problem, x0, target, 6, 0.5, "oracle", torch.Generator().manual_seed(1))
+    picked = problem.evaluate(x0, target, many["controls"])["cost"]
+    assert (picked <= plain_cost).all() and (picked < plain_cost).any() and many["cycles"] == 12
+    # The noise draws distinct refinements; more_cycles keeps the trained cycles' iterates as a prefix.
+    assert (many["cost"][1:] != many["cost"][0]).all()
+    with torch.no_grad():
+        longer = model(x0.float(), target.float(), H_cycles=4).controls
+    assert len(longer) == 5 and torch.equal(longer[2].double(), plain)

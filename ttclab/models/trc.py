@@ -114,8 +114,11 @@ class TinyRecursiveController(nn.Module):
     def controls(self, V: torch.Tensor) -> torch.Tensor:
         return self.u_max * torch.tanh(V).view(len(V), self.horizon, self.n_control)
 
-    def forward(self, x0: torch.Tensor, target: torch.Tensor) -> TRCOutput:
-        """x0, target (B, n) -> TRCOutput with H_cycles + 1 control sequences and their values."""
+    def forward(self, x0: torch.Tensor, target: torch.Tensor, H_cycles: int | None = None, noise: float = 0.0,
+                gen: torch.Generator | None = None) -> TRCOutput:
+        """x0, target (B, n) -> TRCOutput with H + 1 control sequences and their values. Test-time compute:
+        `H_cycles` overrides the trained count (more_cycles); `noise` > 0 adds noise * N(0, 1) from `gen`
+        to the pre-tanh controls V after every refinement, so best_of_n draws distinct refinements."""
         feats = torch.cat([x0, target, target - x0, self.horizon_features.expand(len(x0), 2)], dim=-1)
         z_init = self.encoder(feats)
         V = self.first(z_init)
@@ -123,7 +126,7 @@ class TinyRecursiveController(nn.Module):
         z_H, z_L = z_init, None if self.z_L0 is None else self.z_L0.expand_as(z_init)
         start = (V, z_H, z_L)
         outs, values = [U], [self.value_head(z_init.detach())]
-        H = self.cfg.H_cycles
+        H = H_cycles or self.cfg.H_cycles
         for h in range(H):
             truncated = self.cfg.grad_last_only and h < H - 1
             if self.cfg.grad_last_only and h == H - 1 and H > 1:
@@ -139,6 +142,8 @@ class TinyRecursiveController(nn.Module):
                 if self.f_H is not None:
                     z_H = self.f_H(z_H + z_L)
                 V = V + self.refine(z_H)
+                if noise > 0:
+                    V = V + noise * torch.randn(V.shape, generator=gen, dtype=V.dtype, device=V.device)
                 U = self.controls(V)
                 outs.append(U)
                 values.append(self.value_head(z_H.detach()))

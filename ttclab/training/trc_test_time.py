@@ -1,0 +1,44 @@
+"""Test-time compute for the tiny recursive controller, with the same honest controls as the PDE side.
+
+best_of_n draws N refinements of each problem's control sequence: candidate 0 is the plain
+(noise-free) controller, candidates 1..N-1 add noise * N(0, 1) to the pre-tanh controls after every
+H-cycle. A verifier picks one per problem:
+    value   the value head's prediction for the last iterate (what is deployable: no simulator)
+    oracle  the true simulated cost (the dynamics are known here; the ceiling of any verifier)
+    random  a uniform pick (the control: what N draws give without a verifier)
+Keeping the plain controller as candidate 0 makes N=1 the plain controller and the oracle pick never
+costlier than it on the true cost, per problem, by construction. Compute is counted in H-cycles:
+N * H per problem (plus N first guesses), against H for the plain controller.
+"""
+
+from __future__ import annotations
+
+import torch
+
+VERIFIERS = ("value", "oracle", "random")
+
+
+@torch.no_grad()
+def best_of_n(model, problem, x0: torch.Tensor, target: torch.Tensor, n: int, noise: float, verifier: str,
+              gen: torch.Generator, H_cycles: int | None = None) -> dict:
+    """x0, target (B, n_state) -> controls (B, T, m) float64 of the picked candidate, pick (B,) index,
+    cost (N, B) true cost of every candidate, cycles (H-cycles spent per problem)."""
+    if n < 1 or noise < 0 or verifier not in VERIFIERS:
+        raise ValueError(f"need test_n >= 1, test_noise >= 0 and test_verifier one of {VERIFIERS}")
+    model.eval()
+    xf, tf = x0.float(), target.float()
+    controls, values = [], []
+    for k in range(n):
+        out = model(xf, tf, H_cycles=H_cycles, noise=noise if k else 0.0, gen=gen)
+        controls.append(out.controls[-1].double())
+        values.append(out.values[:, -1].double())
+    U, V = torch.stack(controls), torch.stack(values)  # (N, B, T, m), (N, B)
+    cost = torch.stack([problem.evaluate(x0, target, u)["cost"] for u in U])
+    if verifier == "oracle":
+        pick = cost.argmin(0)
+    elif verifier == "value":
+        pick = V.argmin(0)
+    else:
+        pick = torch.randint(n, (len(x0),), generator=gen)
+    H = H_cycles or model.cfg.H_cycles
+    return {"controls": U[pick, torch.arange(len(x0))], "pick": pick, "cost": cost, "cycles": n * H}
