@@ -21,9 +21,15 @@ def test_trc_stage_logs_metrics_tags_figures_and_checkpoint(tmp_path, monkeypatc
     needed, read = record_inputs(monkeypatch)
     runs = {}
     for method, weight in (("bc", 0.0), ("ps", 1.0)):
-        cfg = load_project("projects/double_integrator.yaml", TINY + [f"trc.process_weight={weight}"])
+        test_time = ["trc.test_time=best_of_n", "trc.test_n=3"] if weight else []
+        cfg = load_project("projects/double_integrator.yaml", TINY + [f"trc.process_weight={weight}"] + test_time)
         runs[method], outputs = ctx.run("trc", cfg)
         assert 0 <= outputs["trc/success_rate"] <= 1
+    # best_of_n logs every verifier at the same N beside the plain controller; the oracle pick is never costlier.
+    tt = {k.removeprefix("trc/test_time/"): v for k, v in outputs.items() if k.startswith("trc/test_time/")}
+    assert tt["plain/cost_gap_pct"] == outputs["trc/cost_gap_pct"] and tt["plain/cycles"] == 2
+    assert all(tt[f"{v}/cycles"] == 6 for v in ("value", "oracle", "random"))
+    assert tt["oracle/cost_gap_pct"] <= tt["plain/cost_gap_pct"] and tt["cost_gap_pct"] == tt["value/cost_gap_pct"]
 
     exp = tracker.client.get_experiment_by_name("ttclab/double_integrator")
     stages = [r.data.tags["ttclab.stage"] for r in tracker.client.search_runs([exp.experiment_id])]

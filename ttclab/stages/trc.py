@@ -23,6 +23,7 @@ from ..problems.control import SPLITS, ControlProblem
 from ..tracking.trc_figures import refinement_figure, trajectory_figure
 from ..training.losses import iterate_costs
 from ..training.trc import fit, predict, save_controller, with_teacher_cost
+from ..training.trc_test_time import test_time_metrics
 from . import Input, stage
 
 DATA_FORMAT = "ttclab.control-data/1"
@@ -96,6 +97,8 @@ def trc(cfg, ctx, run):
                                best_val=state["best_val"], epoch=state["epoch"])
         run.artifact(path, str(Path(CHECKPOINT).parent))
     results = evaluate(problem, model, data[cfg.trc.eval_split], blob["stats"], ctx.device, cfg.trc.method)
+    if cfg.trc.test_time != "none":
+        results["metrics"] |= test_time_metrics(model, problem, data[cfg.trc.eval_split], cfg.trc, cfg.seed)
     run.log({**results["metrics"], "val/best_loss": state["best_val"]}, state["step"])
     for k, row in enumerate(results["per_iteration"]):
         run.log(row, k)

@@ -34,12 +34,20 @@ class TRCConfig:
     value_weight: float = 0.1
     eval_split: Literal["val", "test"] = "test"  # sweeps evaluate on val, final numbers on test
     log_every: int = 20  # optimizer steps between train/loss points
+    # Test-time compute (trc_test_time.py): more_cycles runs test_n * H_cycles cycles, best_of_n picks among
+    # test_n refinements with control noise test_noise; test_verifier is the headline pick, all are logged.
+    test_time: Literal["none", "more_cycles", "best_of_n"] = "none"
+    test_n: int = 4
+    test_noise: float = 0.3
+    test_verifier: Literal["value", "oracle", "random"] = "value"
 
     def validate(self):
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.patience < 0:
             raise ValueError("need epochs >= 1, batch_size >= 1, lr > 0, patience >= 0")
         if self.process_weight < 0 or self.value_weight < 0:
             raise ValueError("need process_weight >= 0 and value_weight >= 0")
+        if self.test_n < 1 or self.test_noise < 0:
+            raise ValueError("need trc.test_n >= 1 and trc.test_noise >= 0")
 
     @property
     def method(self) -> str:

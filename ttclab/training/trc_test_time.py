@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import torch
 
+from ..metrics.control import cost_gap_pct
+
 VERIFIERS = ("value", "oracle", "random")
 
 
@@ -26,12 +28,13 @@ def best_of_n(model, problem, x0: torch.Tensor, target: torch.Tensor, n: int, no
     if n < 1 or noise < 0 or verifier not in VERIFIERS:
         raise ValueError(f"need test_n >= 1, test_noise >= 0 and test_verifier one of {VERIFIERS}")
     model.eval()
-    xf, tf = x0.float(), target.float()
+    device = next(model.parameters()).device
+    xf, tf = x0.float().to(device), target.float().to(device)
     controls, values = [], []
     for k in range(n):
         out = model(xf, tf, H_cycles=H_cycles, noise=noise if k else 0.0, gen=gen)
-        controls.append(out.controls[-1].double())
-        values.append(out.values[:, -1].double())
+        controls.append(out.controls[-1].double().cpu())
+        values.append(out.values[:, -1].double().cpu())
     U, V = torch.stack(controls), torch.stack(values)  # (N, B, T, m), (N, B)
     cost = torch.stack([problem.evaluate(x0, target, u)["cost"] for u in U])
     if verifier == "oracle":
@@ -42,3 +45,29 @@ def best_of_n(model, problem, x0: torch.Tensor, target: torch.Tensor, n: int, no
         pick = torch.randint(n, (len(x0),), generator=gen)
     H = H_cycles or model.cfg.H_cycles
     return {"controls": U[pick, torch.arange(len(x0))], "pick": pick, "cost": cost, "cycles": n * H}
+
+
+@torch.no_grad()
+def test_time_metrics(model, problem, split: dict, cfg, seed: int) -> dict[str, float]:
+    """trc/test_time/<method>/{success_rate, cost_gap_pct, final_error_mean, cycles}: the plain controller,
+    then (best_of_n) every verifier at the same N and noise side by side, or (more_cycles) N * H cycles,
+    so a gain of the headline pick is read next to the random control and the oracle ceiling."""
+    x0, target, teacher_cost = split["x0"], split["target"], split["teacher_cost"]
+    H, n = model.cfg.H_cycles, cfg.test_n
+    runs = {"plain": dict(n=1, noise=0.0, verifier="oracle")}
+    if cfg.test_time == "best_of_n":
+        runs |= {v: dict(n=n, noise=cfg.test_noise, verifier=v) for v in VERIFIERS}
+    elif cfg.test_time == "more_cycles":
+        runs["more_cycles"] = dict(n=1, noise=0.0, verifier="oracle", H_cycles=n * H)
+    out = {}
+    for name, kw in runs.items():
+        res = best_of_n(model, problem, x0, target, gen=torch.Generator().manual_seed(seed), **kw)
+        ev = problem.evaluate(x0, target, res["controls"])
+        out |= {f"trc/test_time/{name}/success_rate": float(ev["success"].double().mean()),
+                f"trc/test_time/{name}/final_error_mean": float(ev["final_error"].mean()),
+                f"trc/test_time/{name}/cost_gap_pct": cost_gap_pct(ev["cost"], teacher_cost),
+                f"trc/test_time/{name}/cycles": float(res["cycles"])}
+    if cfg.test_time != "none":
+        head = cfg.test_verifier if cfg.test_time == "best_of_n" else "more_cycles"
+        out |= {f"trc/test_time/{k}": out[f"trc/test_time/{head}/{k}"] for k in ("success_rate", "cost_gap_pct")}
+    return out
