@@ -131,3 +131,19 @@ def tracking_store_in(_empty_tracking_db):
 def isolated_tracking(monkeypatch, tmp_path, tracking_store_in) -> str:
     """A fresh tracking store in tmp_path (artifacts too) for one test; returns its URI."""
     return tracking_store_in(monkeypatch, tmp_path)
+
+
+@pytest.fixture
+def project(tmp_path, tiny_data_file) -> Path:
+    """The default project shrunk to seconds, as a YAML file on a pre-generated tiny data file (for
+    tests that run stages in subprocesses or sweeps, which read a project path)."""
+    import yaml
+
+    from ttclab.config import set_dotted
+
+    raw: dict = {"base": str(DEFAULT_PROJECT), "problem": {"type": "euler1d", **TINY_GRIDS["euler1d"]}}
+    for key, value in {**TINY_OVERRIDES, "data.path": str(tiny_data_file())}.items():
+        set_dotted(raw, key, value)
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path

@@ -15,25 +15,13 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
-from conftest import DEFAULT_PROJECT, TINY_GRIDS, TINY_OVERRIDES
 
 from ttclab.cli import main
-from ttclab.config import set_dotted
 from ttclab.process import start_time
 from ttclab.tracking.store import Tracker
 
 # Enough epochs that training (~10 ms per tiny epoch) outlasts the moment the test signals it.
 LONG = "train.epochs=3000"
-
-
-@pytest.fixture
-def project(tmp_path, tiny_data_file) -> Path:
-    raw: dict = {"base": str(DEFAULT_PROJECT), "problem": {"type": "euler1d", **TINY_GRIDS["euler1d"]}}
-    for key, value in {**TINY_OVERRIDES, "data.path": str(tiny_data_file())}.items():
-        set_dotted(raw, key, value)
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
 
 
 def env_for(home: Path) -> dict:

@@ -12,24 +12,13 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
-from conftest import DEFAULT_PROJECT, TINY_GRIDS, TINY_OVERRIDES
+from conftest import DEFAULT_PROJECT
 
 from ttclab.cli import main
 from ttclab.config import ConfigError, parse_override, set_dotted
 from ttclab.sweep import load_spec, run_sweep
 from ttclab.sweep.study import StaleTrialHandler, open_storage, open_study
 from ttclab.tracking.store import Tracker
-
-
-@pytest.fixture
-def project(tmp_path, tiny_data_file) -> Path:
-    """The default project shrunk to seconds, on a pre-generated tiny data file."""
-    raw: dict = {"base": str(DEFAULT_PROJECT), "problem": {"type": "euler1d", **TINY_GRIDS["euler1d"]}}
-    for key, value in {**TINY_OVERRIDES, "data.path": str(tiny_data_file())}.items():
-        set_dotted(raw, key, value)
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
 
 
 def write_spec(folder: Path, project: Path, **changes) -> Path:
