@@ -154,6 +154,26 @@ def test_sigterm_of_a_sweep_reaches_its_workers(tmp_path, project, isolated_trac
     assert trials and {r.info.status for r in trials} == {"KILLED"}
 
 
+def test_kill_9_of_a_sweep_worker_loses_and_duplicates_no_trial(tmp_path, project, isolated_tracking):
+    """A real kill -9 of one of two workers mid-trial: the sweep still finishes exactly n_trials
+    (the dead worker's trial is failed, queued again and run by the survivor), and its run is closed."""
+    spec = {"name": "tiny-kill", "project": str(project), "stage": "train", "n_trials": 3,
+            "objective": {"metric": "val/best_loss", "direction": "minimize"}, "fixed": {"train.epochs": 150},
+            "sampler": {"type": "random", "seed": 0}, "pruner": {"type": "none"},
+            "space": {"train.lr": {"type": "float", "low": 1.0e-4, "high": 1.0e-2, "log": True}}}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    tracker = Tracker(isolated_tracking)
+    proc = ttclab(tmp_path, "sweep", str(tmp_path / "spec.yaml"), "--workers", "2", "--quiet")
+    victim = wait_for_last_pt(tracker, proc)
+    os.kill(int(victim.data.tags["ttclab.pid"]), signal.SIGKILL)
+    assert proc.wait(timeout=300) == 0, output(tmp_path)
+    trials = tracker.runs({"ttclab.sweep": "tiny-kill", "ttclab.stage": "train"})
+    finished = [r for r in trials if r.info.status == "FINISHED"]
+    assert len(finished) == 3 and len({r.data.tags["ttclab.trial"] for r in finished}) == 3, output(tmp_path)
+    assert tracker.run_info(victim.info.run_id).info.status == "FAILED"
+    assert not [r for r in trials if r.info.status == "RUNNING"]
+
+
 CHILD = """
 import subprocess, sys, time
 subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # a server's worker
