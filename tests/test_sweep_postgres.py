@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_sweep import child_runs, parent_of, project, write_spec  # noqa: F401  (fixture)
+from test_sweep import child_runs, parent_of, write_spec
 
 from ttclab.sweep import load_spec, run_sweep
 from ttclab.sweep.study import StaleTrialHandler, open_storage, open_study
@@ -72,7 +72,7 @@ def postgres_url():
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def test_postgres_heartbeat_retry(tmp_path, project, isolated_tracking, postgres_url,  # noqa: F811
+def test_postgres_heartbeat_retry(tmp_path, project, isolated_tracking, postgres_url,
                                                   monkeypatch):
     from ttclab.sweep import study as study_module
 
