@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from click.testing import CliRunner
+from test_sweep import write_spec
 
 from ttclab.cli import main
 from ttclab.process import start_time
@@ -138,13 +138,9 @@ def test_four_processes_on_a_fresh_store_train_the_operator_once(tmp_path, proje
 def test_sigterm_of_a_sweep_reaches_its_workers(tmp_path, project, isolated_tracking):
     """SIGTERM reaches only the sweep's own process: it must pass it on to its workers, whose trial
     runs end KILLED (queued for retry), instead of waiting for them to finish the study."""
-    spec = {"name": "tiny-term", "project": str(project), "stage": "train", "n_trials": 2,
-            "objective": {"metric": "val/best_loss", "direction": "minimize"}, "fixed": {"train.epochs": 3000},
-            "sampler": {"type": "random", "seed": 0}, "pruner": {"type": "none"},
-            "space": {"train.lr": {"type": "float", "low": 1.0e-4, "high": 1.0e-2, "log": True}}}
-    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    spec = write_spec(tmp_path, project, name="tiny-term", n_trials=2, fixed={"train.epochs": 3000})
     tracker = Tracker(isolated_tracking)
-    proc = ttclab(tmp_path, "sweep", str(tmp_path / "spec.yaml"), "--workers", "2", "--quiet")
+    proc = ttclab(tmp_path, "sweep", str(spec), "--workers", "2", "--quiet")
     wait_for_last_pt(tracker, proc)
     workers = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
     proc.send_signal(signal.SIGTERM)
@@ -157,13 +153,9 @@ def test_sigterm_of_a_sweep_reaches_its_workers(tmp_path, project, isolated_trac
 def test_kill_9_of_a_sweep_worker_loses_and_duplicates_no_trial(tmp_path, project, isolated_tracking):
     """A real kill -9 of one of two workers mid-trial: the sweep still finishes exactly n_trials
     (the dead worker's trial is failed, queued again and run by the survivor), and its run is closed."""
-    spec = {"name": "tiny-kill", "project": str(project), "stage": "train", "n_trials": 3,
-            "objective": {"metric": "val/best_loss", "direction": "minimize"}, "fixed": {"train.epochs": 150},
-            "sampler": {"type": "random", "seed": 0}, "pruner": {"type": "none"},
-            "space": {"train.lr": {"type": "float", "low": 1.0e-4, "high": 1.0e-2, "log": True}}}
-    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    spec = write_spec(tmp_path, project, name="tiny-kill", n_trials=3, fixed={"train.epochs": 150})
     tracker = Tracker(isolated_tracking)
-    proc = ttclab(tmp_path, "sweep", str(tmp_path / "spec.yaml"), "--workers", "2", "--quiet")
+    proc = ttclab(tmp_path, "sweep", str(spec), "--workers", "2", "--quiet")
     victim = wait_for_last_pt(tracker, proc)
     os.kill(int(victim.data.tags["ttclab.pid"]), signal.SIGKILL)
     assert proc.wait(timeout=300) == 0, output(tmp_path)
