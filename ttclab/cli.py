@@ -102,7 +102,9 @@ def _parse_inputs(stage: str, items: tuple[str, ...]) -> dict[str, str]:
 def run_stage(name: str, project: str, overrides, device: str, seed, inputs, quiet: bool, tracking_uri=None):
     from .project import load_project
     from .stages import Context, resolve_device, set_threads, unread_inputs
+    from .tracking.follower import Follower
     from .tracking.store import Tracker
+    from .training import distributed
 
     sets = list(overrides) + ([f"seed={seed}"] if seed is not None else [])
     with reported():
@@ -113,14 +115,28 @@ def run_stage(name: str, project: str, overrides, device: str, seed, inputs, qui
             if unread:
                 raise ConfigError(f"--input {unread[0]}=...: `{name}` does not read {unread[0]!r} with this config "
                                   "(e.g. prm only when ttc.reward is prm, data only without data.path); drop it")
-            ctx = Context(Tracker(tracking_uri), resolve_device(device), progress=not quiet, inputs=given)
+            if distributed.launched() and name not in DISTRIBUTED_STAGES:
+                raise ConfigError(f"torchrun runs the training stages ({', '.join(DISTRIBUTED_STAGES)}) data-parallel; "
+                                  f"run `ttclab {name}` without torchrun")
+            # Under torchrun every rank runs the stage and trains its shard; rank 0 alone logs the run.
+            tracker = Tracker(tracking_uri) if distributed.rank() == 0 else Follower(Tracker(tracking_uri))
+            main_rank = distributed.rank() == 0
+            ctx = Context(tracker, distributed.init_from_env(resolve_device(device)), progress=not quiet and main_rank,
+                          inputs=given)
             set_threads()
-            run_id, outputs = ctx.run(name, cfg)
+            try:
+                run_id, outputs = ctx.run(name, cfg)
+            finally:
+                distributed.shutdown()
         except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM as Terminated
             click.echo("interrupted: the run was marked KILLED", err=True)
             sys.exit(getattr(err, "exit_code", 130))
-    click.echo(f"[ttclab] {name} run {run_id} finished ({ctx.tracker.where(run_id, cfg.name)})")
+    if main_rank:
+        click.echo(f"[ttclab] {name} run {run_id} finished ({ctx.tracker.where(run_id, cfg.name)})")
     return outputs
+
+
+DISTRIBUTED_STAGES = ("train", "train_prm", "trc")  # the stages whose work is the one loop (training/loop.py:fit)
 
 
 def stage_command(name: str, help_text: str) -> click.Command:
@@ -136,7 +152,9 @@ def stage_command(name: str, help_text: str) -> click.Command:
     @click.option("--overrides", "joined", default="", metavar="'K=V K=V'",
                   help="Space-separated KEY=VALUE overrides in one string (for MLproject parameters).")
     @click.option("--quiet", is_flag=True, help="No progress bars.")
-    def command(project, overrides, device, seed, inputs, joined, quiet, seeds=()):
+    def command(project, overrides, device, seed, inputs, joined, quiet, seeds=(), nproc=1):
+        if nproc > 1:
+            return _torchrun(name, nproc, project, overrides, device, seed, inputs, joined, quiet)
         sets = list(overrides) + joined.split()
         for s in seeds:  # one run per candidate seed, then the table that aggregates them (mean +- s.e.)
             run_stage(name, project, sets + [f"sampling.seed={s}"], device, seed, inputs, quiet)
@@ -144,10 +162,26 @@ def stage_command(name: str, help_text: str) -> click.Command:
             return run_stage("compare", project, sets, device, seed, (), quiet)
         run_stage(name, project, sets, device, seed, inputs, quiet)
 
+    if name in DISTRIBUTED_STAGES:
+        command = click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
+                               help="Train data-parallel on this many local processes (torchrun; gloo on CPU, "
+                                    "nccl on GPUs).")(command)
     if name == "ttc":
         command = click.option("--seeds", callback=_seed_list, default="", metavar="0,1,2",
                                help="Run once per candidate seed (sampling.seed), then `compare` aggregates them.")(command)
     return command
+
+
+def _torchrun(name: str, nproc: int, project, overrides, device, seed, inputs, joined, quiet) -> None:
+    """`--nproc N`: the same command data-parallel on N local processes, started by torchrun
+    (`python -m torch.distributed.run --standalone --nproc-per-node N -m ttclab <name> ...`)."""
+    from .process import run_forwarding
+
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m",
+            "ttclab"] + (["--debug"] if _debug() else []) + [name, project, f"--device={device}", f"--overrides={joined}"]
+    argv += [f"--set={o}" for o in overrides] + [f"--input={i}" for i in inputs]
+    argv += ([f"--seed={seed}"] if seed is not None else []) + (["--quiet"] if quiet else [])
+    sys.exit(run_forwarding(argv))
 
 
 def _seed_list(ctx, param, value: str) -> tuple[int, ...]:

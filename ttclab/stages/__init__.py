@@ -31,6 +31,7 @@ import torch
 from ..config import ConfigError
 from ..problems import physics_tags
 from ..registry import Registry
+from ..training import distributed
 
 STAGES: Registry = Registry("stage")
 
@@ -208,7 +209,8 @@ class Context:
             if self.progress:
                 print(f"[ttclab] no finished {name!r} run for this config yet: running it first")
             child = Context(self.tracker, self.device, self.progress, self.inputs)
-            run_id, _ = child.run(name, cfg)
+            with distributed.solo():  # under torchrun only rank 0 gets here (the others wait in find)
+                run_id, _ = child.run(name, cfg)
             return run_id
 
 

@@ -13,11 +13,12 @@ import copy
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Literal
 
 import torch
 
 from ..progress import progress_bar
+from . import distributed
 from ..errors import UserError
 from ..models import checkpoint
 from ..models.checkpoint import CheckpointError
@@ -43,53 +44,66 @@ def fit(model: torch.nn.Module, task: Task, cfg, *, seed: int, device="cpu",
         log: Callable[[dict, int], None] = lambda metrics, step: None,
         on_epoch: Callable[[int, dict, dict], None] = lambda epoch, val, state: None,
         resume: dict | None = None, resume_source: str = "resume checkpoint", progress: bool = True,
-        desc: str = "train", log_every: int = 0, patience: int = 0, validate_first: bool = False) -> dict:
+        desc: str = "train", log_every: int = 0, patience: int = 0, validate_first: bool = False,
+        amp: str = "none", compile: bool = False) -> dict:
     """Train `model` with cfg.epochs, cfg.lr, cfg.weight_decay, cfg.grad_clip.
 
     log_every > 0 logs train/<term> means every that many steps; 0 logs one epoch mean with the
     validation point. patience > 0 stops after that many epochs without a lower val/loss.
     validate_first lets epoch 0 (the untrained weights) compete for the best. `on_epoch(epoch, val,
     state)` gets the validation metrics and the resumable state (`resume` takes it back).
+    amp (none | bf16 | fp16) runs the loss under autocast; compile runs it through torch.compile.
+    Under torchrun (distributed.py) each rank trains on its shard of the batches with averaged
+    gradients, and only rank 0 calls `log` and `on_epoch`; validation runs on every rank.
     -> {"epoch", "step", "best_val", "best_epoch", "best_state", "stale"}; the best weights are loaded."""
     torch.manual_seed(seed)
     model.to(device)
+    main = distributed.is_main()
+    log = log if main else (lambda metrics, step: None)
+    steps_per_epoch = distributed.steps(task.steps_per_epoch)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * task.steps_per_epoch)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps_per_epoch)
+    precision = Precision(amp, torch.device(device).type)
+    forward = compiled(model, desc) if compile else model
     state = {"epoch": 0, "step": 0, "best_val": math.inf, "best_epoch": 0, "best_state": None, "stale": 0}
     if resume is not None:
         restore(model, opt, sched, state, resume, resume_source)
-    elif validate_first:
+    distributed.broadcast_parameters(model)
+    if resume is None and validate_first:
         val = task.validate(model)
         log({**val, "epoch": 0}, 0)
-        keep_if_best(model, state, val["val/loss"], 0)
-    bar = progress_bar(cfg.epochs * task.steps_per_epoch, desc, initial=state["step"], disable=not progress)
+        keep_if_best(model, state, distributed.from_main(val["val/loss"]), 0)
+    bar = progress_bar(cfg.epochs * steps_per_epoch, desc, initial=state["step"], disable=not (progress and main))
     for epoch in range(state["epoch"], cfg.epochs):
         model.train()
         sums, seen, epoch_loss = {}, 0, 0.0
-        for batch in task.batches(epoch):
-            terms = task.loss(model, batch)
+        for batch in distributed.shard(task.batches(epoch), task.steps_per_epoch) if distributed.active() \
+                else task.batches(epoch):
+            terms = precision.loss(task.loss, forward, batch, desc, compile)
             terms = terms if isinstance(terms, dict) else {"loss": terms}
-            optimizer_step(model, opt, sched, terms["loss"], cfg.grad_clip)
+            precision.step(model, opt, sched, terms["loss"], cfg.grad_clip)
             state["step"] += 1
             seen += 1
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
             epoch_loss += float(terms["loss"].detach())
             if log_every and state["step"] % log_every == 0:
-                log({**{f"train/{k}": v / seen for k, v in sums.items()}, "train/lr": sched.get_last_lr()[0]},
-                    state["step"])
+                log({**{f"train/{k}": v / seen for k, v in distributed.mean_over_ranks(sums).items()},
+                     "train/lr": sched.get_last_lr()[0]}, state["step"])
                 sums, seen = {}, 0
             bar.update(1)
         val = task.validate(model)
+        val["val/loss"] = distributed.from_main(val["val/loss"])
         # One epoch mean when not logged per step (sums then span the whole epoch).
-        trained = {} if log_every else {**{f"train/{k}": v / seen for k, v in sums.items()},
+        trained = {} if log_every else {**{f"train/{k}": v / seen for k, v in distributed.mean_over_ranks(sums).items()},
                                         "train/lr": sched.get_last_lr()[0]}
         log({**trained, **val, "epoch": epoch + 1}, state["step"])
-        bar.set_postfix(train=f"{epoch_loss / max(task.steps_per_epoch, 1):.3e}", val=f"{val['val/loss']:.3e}")
+        bar.set_postfix(train=f"{epoch_loss / max(steps_per_epoch, 1):.3e}", val=f"{val['val/loss']:.3e}")
         state["epoch"] = epoch + 1
         keep_if_best(model, state, val["val/loss"], epoch + 1)
-        on_epoch(epoch + 1, val, {**state, "state_dict": model.state_dict(), "optimizer": opt.state_dict(),
-                                  "scheduler": sched.state_dict()})
+        if main:
+            on_epoch(epoch + 1, val, {**state, "state_dict": model.state_dict(), "optimizer": opt.state_dict(),
+                                      "scheduler": sched.state_dict()})
         if patience and state["stale"] >= patience:
             break
     bar.close()
@@ -98,6 +112,56 @@ def fit(model: torch.nn.Module, task: Task, cfg, *, seed: int, device="cpu",
                             "the data for NaN/Inf")
     model.load_state_dict(state["best_state"])
     return state
+
+
+class Precision:
+    """train.amp: the loss under torch.autocast in bf16 or fp16 (parameters, gradients and the
+    optimizer stay fp32; models/fno.py keeps its FFTs in fp32). fp16 gradients underflow, so on
+    CUDA a GradScaler multiplies the loss by a running scale s and unscales before clipping; on
+    CPU there is no scaler (torch's is CUDA-only), so fp16 there runs unscaled."""
+
+    def __init__(self, amp: str, device_type: str):
+        self.dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+        self.device_type = device_type
+        self.scaler = (torch.amp.GradScaler("cuda") if self.dtype is torch.float16 and device_type == "cuda"
+                       else None)
+
+    def loss(self, loss_fn, model, batch, desc: str, compile: bool):
+        try:
+            with torch.autocast(self.device_type, dtype=self.dtype, enabled=self.dtype is not None):
+                return loss_fn(model, batch)
+        except Exception as err:
+            if not compile or isinstance(err, UserError):
+                raise
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+            raise TrainingError(f"{desc}: train.compile: torch.compile failed ({type(err).__name__}: {first}); "
+                                "set train.compile=false") from None
+
+    def step(self, model, opt, sched, loss: torch.Tensor, grad_clip: float) -> None:
+        """One update: backprop, average gradients over ranks, clip the global gradient norm, step the
+        optimizer (skipped by the scaler when fp16 gradients overflowed) and the schedule."""
+        opt.zero_grad(set_to_none=True)
+        (loss if self.scaler is None else self.scaler.scale(loss)).backward()
+        distributed.average_gradients(model)
+        if self.scaler is not None:
+            self.scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        if self.scaler is None:
+            opt.step()
+        else:
+            self.scaler.step(opt)
+            self.scaler.update()
+        sched.step()
+
+
+def compiled(model: torch.nn.Module, desc: str):
+    """torch.compile(model) for the training forward passes (weights shared with `model`, whose
+    state_dict stays free of the compiler's prefix); failures surface at the first step."""
+    try:
+        return torch.compile(model)
+    except Exception as err:
+        raise TrainingError(f"{desc}: train.compile: torch.compile is unavailable here ({type(err).__name__}: "
+                            f"{str(err).strip()[:200]}); set train.compile=false") from None
 
 
 def keep_if_best(model, state: dict, val: float, epoch: int) -> None:
@@ -127,15 +191,6 @@ def restore(model, opt, sched, state: dict, resume: dict, source: str) -> None:
     state.update(best_epoch=resume.get("best_epoch", 0), stale=resume.get("stale", 0))
 
 
-def optimizer_step(model, opt, sched, loss: torch.Tensor, grad_clip: float) -> None:
-    """One update: backprop, clip the global gradient norm, step the optimizer and the schedule."""
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    opt.step()
-    sched.step()
-
-
 @dataclass
 class TrainConfig:
     epochs: int = 20
@@ -146,6 +201,8 @@ class TrainConfig:
     unroll: int = 1  # >1 trains on k-step autoregressive windows
     log_every: int = 20  # optimizer steps between train/loss points
     loss: str = "unrolled_mse"  # an OPERATOR_LOSSES name (losses.py)
+    amp: Literal["none", "bf16", "fp16"] = "none"  # autocast of the training loss (FFTs stay fp32)
+    compile: bool = False  # torch.compile the model for the training forward passes
 
     def validate(self):
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.unroll < 1:
@@ -187,5 +244,6 @@ def train(model: torch.nn.Module, train_pairs: tuple[torch.Tensor, torch.Tensor]
                 steps_per_epoch=math.ceil(len(inputs) / cfg.batch_size),
                 validate=lambda model: {"val/loss": evaluate(model, *val_pairs, cfg.batch_size, device, cfg)})
     return fit(model, task, cfg, seed=seed, device=device, log=log, progress=progress, log_every=cfg.log_every,
+               amp=cfg.amp, compile=cfg.compile,
                on_epoch=lambda epoch, val, state: on_epoch(epoch, val["val/loss"], state),
                resume=None if resume is None else checkpoint.read(resume), resume_source=str(resume))
