@@ -228,7 +228,7 @@ def prm_losses():
     model = PRM(cfg, n_fields=2, ndim=1)
     logged = []
     train_prm(model, prm_data(40, 6, 0), prm_data(12, 6, 1), cfg, log=lambda m, s: logged.append(m), progress=False)
-    return [m[k] for m in logged for k in ("train/loss", "val/loss") if k in m]
+    return [m[k] for m in logged for k in ("train/loss", "val/objective") if k in m]
 
 
 def trc_losses(process_weight):

@@ -32,6 +32,7 @@ from torch import nn
 FEATURES = ("state", "candidate", "increment", "deviation")
 HEADS = ("reference", "local")
 ANCHORS = ("operator", "set_mean")
+SELECT = ("ranking", "loss")
 
 
 @dataclass
@@ -47,6 +48,10 @@ class PRMConfig:
     loss: str = "triplet"  # PRM_LOSSES: triplet (margin hinge) | bradley_terry (pairwise logistic)
     margin: float = 0.1  # triplet margin: required score gap best > median and median > worst
     ref_weight: float = 1.0  # reference head: weight of the regression of r on the truth
+    # Which epoch is kept: ranking = the best held-out Spearman against the label (val/loss is then
+    # -val/spearman); loss = the lowest held-out objective, which the reference-regression term
+    # dominates, so it kept the untrained anchor (epoch 0) in every run measured.
+    select: str = "ranking"
     epochs: int = 20
     batch_size: int = 64  # states per optimizer step
     lr: float = 1e-2
@@ -66,6 +71,8 @@ class PRMConfig:
             raise ValueError("need positive width, layers, epochs, batch_size and an odd kernel")
         if self.margin < 0 or self.ref_weight < 0 or self.lr <= 0 or not 0 < self.val_fraction < 1:
             raise ValueError("need margin >= 0, ref_weight >= 0, lr > 0 and 0 < val_fraction < 1")
+        if self.select not in SELECT:
+            raise ValueError(f"select must be one of {', '.join(SELECT)}, got {self.select!r}")
         if self.set_size < 3:
             raise ValueError("set_size must be >= 3 (a triplet is drawn from each set)")
 

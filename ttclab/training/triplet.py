@@ -18,6 +18,7 @@ from typing import Callable
 
 import torch
 
+from ..metrics.prm import spearman, triplet_accuracy
 from ..models.prm import PRM, PRMConfig
 from .losses import PRM_LOSSES
 from .loop import Task, fit
@@ -128,13 +129,28 @@ def evaluate(model: PRM, data: dict, sets: tuple, cfg: PRMConfig, device) -> flo
     return total / max(len(subset), 1)
 
 
+def validation(model: PRM, data: dict, sets: tuple, cfg: PRMConfig, device) -> dict[str, float]:
+    """Held-out metrics of one epoch: val/objective (the training loss), val/spearman (mean per-state
+    Spearman of the scores over all K candidates against -label) and val/triplet_acc, plus the
+    selection criterion val/loss (lower is better): -val/spearman for select=ranking, since the
+    objective is dominated by the reference-regression term and says little about the ranking;
+    the objective for select=loss."""
+    objective = evaluate(model, data, sets, cfg, device)
+    scores = score_all(model, data, batch_size=cfg.batch_size, device=device)
+    rho = float(spearman(scores, data["mse"]).mean())
+    acc = triplet_accuracy(scores.gather(1, rank_triplet(data["mse"])))
+    return {"val/loss": -rho if cfg.select == "ranking" else objective, "val/objective": objective,
+            "val/spearman": rho, "val/triplet_acc": acc}
+
+
 def train(model: PRM, train_data: dict, val_data: dict, cfg: PRMConfig, *, device="cpu",
           log: Callable[[dict, int], None] = lambda metrics, step: None,
           on_epoch: Callable[[int, dict, dict], None] = lambda epoch, val, state: None,
           progress: bool = True) -> dict:
     """Fit `model` on {state, cands, mse, truth[, anchor]} (module docstring) with the shared loop;
-    validate each epoch on fixed random sets of the held-out states; the best weights (epoch 0, the
-    untrained anchor, included) end up in `model`. -> {best_val, best_epoch, best_state, step, ...}."""
+    validate each epoch (`validation`: objective on fixed random sets of the held-out states, ranking
+    over all their candidates); the best weights by cfg.select (epoch 0, the untrained anchor,
+    included) end up in `model`. -> {best_val, best_epoch, best_state, step, ...}."""
     gen = torch.Generator().manual_seed(cfg.seed)
     model.to(device)
     n = len(train_data["state"])
@@ -151,8 +167,8 @@ def train(model: PRM, train_data: dict, val_data: dict, cfg: PRMConfig, *, devic
 
     task = Task(loss=lambda model, batch: loss(model, batch, cfg), batches=batches,
                 steps_per_epoch=math.ceil(n / cfg.batch_size),
-                validate=lambda model: {"val/loss": evaluate(model, val_data, val_sets, cfg, device)})
+                validate=lambda model: validation(model, val_data, val_sets, cfg, device))
     # Epoch 0 competes too: for the reference head it is the anchor alone (zero correction), so the
-    # kept weights are never worse on validation than the untrained anchor.
+    # kept weights never rank held-out candidates worse (select=ranking) than the untrained anchor.
     return fit(model, task, cfg, seed=cfg.seed, device=device, log=log, on_epoch=on_epoch, progress=progress,
                desc="train_prm", validate_first=True)
