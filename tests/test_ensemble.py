@@ -78,3 +78,31 @@ def test_ttc_stage_trains_the_members_and_logs_their_controls(tmp_path, monkeypa
     final = cfg.problem.n_snapshots - 1
     assert m[f"control/member1/rollout_mse/h{final}"] != m[f"control/baseline/rollout_mse/h{final}"]
     assert m["cost/forward_per_step"] == 2
+
+
+def test_prm_triplets_come_from_the_members_and_the_prm_ranks_them_in_ttc(tmp_path, monkeypatch, tracking_store_in,
+                                                                         tiny_project):
+    """build_prm with sampler `ensemble`: member i's k / M candidates are its deterministic prediction
+    (no noise), member 0's equal the stored anchor `det`; the trained PRM then selects in ttc."""
+    import numpy as np
+
+    from ttclab.data.pdebench import read_triplets
+    from ttclab.stages import Context
+    from ttclab.tracking.store import Tracker
+
+    tracker = Tracker(tracking_store_in(monkeypatch, tmp_path))
+    sets = ("train.epochs=1", "sampling.sampler=ensemble", "sampling.members=2", "triplets.k=4",
+            "triplets.fraction=0.5", "prm.width=8", "prm.layers=2", "prm.epochs=1", "prm.set_size=3",
+            "ttc.branching=2", "ttc.reward=prm", "ttc.n_ics=3")
+    ctx = Context(tracker, progress=False)
+    _, m = ctx.run("ttc", tiny_project("euler1d", *sets))
+    exp = tracker.client.get_experiment_by_name("ttclab/euler1d")
+    runs = tracker.client.search_runs([exp.experiment_id])
+    build = next(r for r in runs if r.data.tags["ttclab.stage"] == "build_prm")
+    t = read_triplets(tracker.artifact_dir(build.info.run_id) / "prm" / "triplets.h5", keys=("candidates", "det"))
+    c = t["candidates"]
+    assert np.allclose(c[:, 0], t["det"], atol=1e-5) and np.array_equal(c[:, 0], c[:, 1])
+    assert np.array_equal(c[:, 2], c[:, 3]) and not np.allclose(c[:, 2], c[:, 0])  # member 1's own prediction
+    assert m["cost/forward_per_step"] == 2 + 1 and np.isfinite(m["reward/spearman"])  # + the PRM anchor pass
+    with pytest.raises(EnsembleError, match="triplets.k=5 is not a multiple of sampling.members=2"):
+        ctx.run("build_prm", tiny_project("euler1d", *sets, "triplets.k=5"))

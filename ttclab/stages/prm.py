@@ -6,7 +6,8 @@ error TTC will meet; `triplets.states: truth` takes the data snapshot), draw K c
 next state (a chunk of states x K candidates in one batched pass), rank them by their true MSE to
 the next snapshot and keep (state, best, median, worst) plus all K candidates, their MSEs and the
 deterministic prediction, so train_prm can draw sets of any size and measure rank correlation over
-all K.
+all K. With `sampling.sampler: ensemble[+noise]` the K candidates are the members' (K / M each), the
+same candidates the PRM meets in `ttc`.
 train_prm: hold out a fraction of those ICs, train the PRM with the triplet margin loss, and report
 held-out ranking quality: prm/triplet_acc, prm/spearman, prm/ece, a reliability plot.
 """
@@ -27,12 +28,14 @@ from ..models.prm import PRM
 from ..problems import make_problem
 from ..rewards.prm import save_prm
 from ..sampling import candidates
+from ..sampling.ensemble import Ensemble, EnsembleError
 from ..models import checkpoint
 from ..training.triplet import gather_candidates, draw_sets, horizon_errors, rank_triplet, score_all
 from ..training.triplet import train as train_loop
 from ..ttc.rollout import rollout
 from . import stage
 from .common import DATA, OPERATOR, PRM_ARTIFACT, TRIPLETS, TRIPLETS_ARTIFACT, data_path, operator_path
+from .ttc import _operators as ttc_operators
 
 
 def diversity(mse: torch.Tensor, det_mse: torch.Tensor, ns: tuple[int, ...]) -> dict[str, float]:
@@ -81,7 +84,14 @@ def build_prm(cfg, ctx, run):
     tc = cfg.triplets
     problem = make_problem(cfg.problem)
     data = SplitData(data_path(cfg, ctx), problem, cfg.data)
-    model, norm, _ = checkpoint.load_operator(operator_path(cfg, ctx), cfg.problem, ctx.device)
+    # sampler `ensemble`: the candidates come from the M members (the ttc stage's operators, seeds
+    # seed + i); states, anchor and look-ahead use member 0, as the search's deterministic step does.
+    loaded = [checkpoint.load_operator(p, cfg.problem, ctx.device) for p in ttc_operators(cfg, ctx)]
+    model, norm, _ = loaded[0]
+    sampler = Ensemble([m for m, _, _ in loaded]) if len(loaded) > 1 else model
+    if len(loaded) > 1 and tc.k % len(loaded):
+        raise EnsembleError(f"triplets.k={tc.k} is not a multiple of sampling.members={len(loaded)}: each member "
+                          f"proposes k / M candidates; set triplets.k to {len(loaded) * max(1, tc.k // len(loaded))}")
     ndim = problem.ndim
     traj = data["train"]
     n_ic = max(2, round(tc.fraction * len(traj)))
@@ -115,7 +125,7 @@ def build_prm(cfg, ctx, run):
         for i in range(0, len(states), tc.batch_size):
             s = norm.encode(states[i : i + tc.batch_size].to(ctx.device), ndim)
             y = truth[i : i + tc.batch_size].to(ctx.device)
-            c = candidates(model, s, tc.k, cfg.sampling, gen)
+            c = candidates(sampler, s, tc.k, cfg.sampling, gen)
             c = norm.decode(c.flatten(0, 1), ndim).view(c.shape)
             cands.append(c.cpu())
             mse.append(((c - y.unsqueeze(1)) ** 2).flatten(2).mean(2).cpu())
