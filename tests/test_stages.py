@@ -79,7 +79,7 @@ def test_keys_and_needs_follow_from_the_inputs():
     assert STAGES.get("ttc").needs(prm_cfg) == ("generate", "train", "train_prm")
     assert STAGES.get("train").needs(load_project(PROJECT, ["data.path=x.h5"])) == ()
     assert STAGES.get("trc").needs(cfg) == ("trc_data",)
-    assert input_names("train") == ("data", "resume", "init") and input_names("generate") == ()
+    assert input_names("train") == ("data", "resume", "init", "prm") and input_names("generate") == ()
 
 
 class FakeTracker:

@@ -209,6 +209,7 @@ STAGE_HELP = {
     "build_prm": "Rank K stochastic candidates per state on a fraction of the train ICs; log prm/triplets.h5.",
     "compare": "Side-by-side table of the latest ttc runs per selector (printed and logged as artifacts).",
     "demo": "Whole pipeline: data, operator, PRM, every TTC selector with controls, comparison table.",
+    "filter": "Keep the train ICs whose operator rollouts score best by filter.reward; log the filtered data file.",
     "generate": "Generate the data set (or check an existing PDEBench file named by data.path).",
     "train": "Train the operator; log losses, rollout errors and the checkpoint (model/operator.pt).",
     "train_prm": "Train the PRM on ranked candidates; log held-out ranking metrics and model/prm.pt.",

@@ -31,6 +31,7 @@ from .sampling import SamplingConfig
 from .ttc.search import TTCConfig
 from .training.loop import TrainConfig
 from .training.trc import TRCConfig
+from .training.ttc_training import FilterConfig
 from .training.triplet import TripletConfig
 
 # Sections whose dataclass depends on their `type` key.
@@ -51,6 +52,7 @@ class ProjectConfig:
     triplets: TripletConfig = field(default_factory=TripletConfig)
     prm: PRMConfig = field(default_factory=PRMConfig)
     trc: TRCConfig = field(default_factory=TRCConfig)
+    filter: FilterConfig = field(default_factory=FilterConfig)
 
     def to_dict(self) -> dict:
         return to_dict(self)

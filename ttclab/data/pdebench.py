@@ -89,6 +89,17 @@ def write(path: str | Path, problem: PDEProblem, traj: Trajectories, meta: dict[
     return path
 
 
+def write_subset(src: str | Path, dst: str | Path, problem: PDEProblem, indices, meta: dict[str, np.ndarray]) -> Path:
+    """The trajectories `indices` (increasing) of file `src`, unstrided, with its coordinates and
+    attributes, written like `write` to `dst` with the ttclab group replaced by `meta`."""
+    src, idx = Path(src), np.asarray(indices, dtype=np.int64)
+    with PDEBenchFile(src, problem) as f, _guard(src, "the datasets to copy"):
+        fields = np.stack([ds[idx] for ds in f._datasets], axis=2)
+        coords = {k: f._file[k][()] for k in (*AXES[: problem.ndim], "t-coordinate")}
+        traj = Trajectories(fields=fields, coords=coords, attrs=f.attrs)
+    return write(dst, problem, traj, meta)
+
+
 class PDEBenchFile:
     """Lazy reader: validates the layout on open, reads only the trajectories asked for."""
 

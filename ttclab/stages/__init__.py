@@ -222,4 +222,4 @@ def set_threads(n: int | None = None) -> None:
     torch.set_num_threads(n or int(os.environ.get("TTCLAB_THREADS", "0")) or 1)
 
 
-from . import compare, demo, generate, prm, train, trc, ttc  # noqa: E402,F401  (registration)
+from . import compare, demo, filter, generate, prm, train, trc, ttc  # noqa: E402,F401  (registration)

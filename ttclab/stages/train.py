@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -17,7 +19,13 @@ from ..ttc.rollout import rollout
 from . import stage
 from ..errors import UserError
 from ..training.loop import evaluate
-from .common import DATA, INIT, OPERATOR_ARTIFACT, RESUME, data_path
+from ..training.ttc_training import make_scorer
+from . import Input
+from .common import DATA, INIT, OPERATOR_ARTIFACT, PRM_ARTIFACT, RESUME, data_path
+
+# A PRM for train.weight_reward / hard_score / target_reward = prm, only when given: train_prm
+# depends on a trained operator, so train cannot get-or-run one.
+TRAIN_PRM = Input("prm", path=PRM_ARTIFACT).when(lambda cfg: "prm" in cfg.train.rewards())
 
 
 @torch.no_grad()
@@ -35,7 +43,7 @@ def rollout_report(model, data: SplitData, split: str, device) -> dict[str, floa
     return out
 
 
-@stage("train", key=("model", "train", "seed"), inputs=(DATA, RESUME, INIT),
+@stage("train", key=("model", "train", "seed"), inputs=(DATA, RESUME, INIT, TRAIN_PRM),
        run_name=lambda cfg: f"train · {cfg.model.type} · s{cfg.seed}", registers="operator", system_metrics=True)
 def train(cfg, ctx, run):
     """Train the operator; log losses, rollout errors and the checkpoint (model/operator.pt)."""
@@ -52,6 +60,9 @@ def train(cfg, ctx, run):
             raise InitError("--input init and --input resume: give one (resume continues a run, init starts a "
                             "fine-tune from another run's operator.pt)")
         start_from(model, data, init, cfg)
+    elif cfg.train.target == "best_of_n":
+        raise InitError("train.target=best_of_n fine-tunes a trained operator: add --input "
+                        "init=runs:/<train run>/model/operator.pt")
     save_kw = dict(problem_cfg=cfg.to_dict()["problem"], model_cfg=cfg.to_dict()["model"], normalizer=data.normalizer)
     with tempfile.TemporaryDirectory(prefix="ttclab-train-") as tmp:
         return _fit(cfg, ctx, run, data, model, resume, save_kw, Path(tmp), fine_tune=init is not None)
@@ -74,6 +85,17 @@ def start_from(model, data: SplitData, path, cfg) -> None:
     data.normalizer = normalizer.to("cpu")
 
 
+def scorers(cfg, ctx, data: SplitData) -> dict:
+    """One Scorer per reward the train section's TTC options use, in the normalizer's units."""
+    names = cfg.train.rewards()
+    prm = ctx.input("prm", cfg) if "prm" in names else None
+    if "prm" in names and prm is None:
+        raise InitError("train: a prm reward needs --input prm=runs:/<train_prm run>/model/prm.pt (train cannot "
+                        "get-or-run a PRM: train_prm depends on a trained operator)")
+    norm = copy.deepcopy(data.normalizer).to(ctx.device)
+    return {name: make_scorer(name, make_problem(cfg.problem), norm, prm, ctx.device) for name in names}
+
+
 def _fit(cfg, ctx, run, data, model, resume, save_kw, work: Path, fine_tune: bool):
     ndim = data["train"].ndim - 3
 
@@ -87,14 +109,18 @@ def _fit(cfg, ctx, run, data, model, resume, save_kw, work: Path, fine_tune: boo
         checkpoint.save(work / "last.pt", model=model, **save_kw, **{k: v for k, v in state.items() if k != "state_dict"})
         run.artifact(work / "last.pt", "model")
         run.report("val/loss", val, epoch)
+        if cfg.train.target == "best_of_n":  # reward hacking shows here first: the true rollout error
+            run.log(rollout_report(model, data, "val", ctx.device), state["step"])
 
     if fine_tune:
         # The loss the fine-tune starts from: with the source's data it is the source run's best val loss.
         run.log({"init/val_loss": evaluate(model.to(ctx.device), *normalized_pairs("val"), cfg.train.batch_size,
                                            ctx.device, cfg.train)}, 0)
+    start = time.perf_counter()
     state = train_loop(model, normalized_pairs("train"), normalized_pairs("val"), cfg.train,
                        device=ctx.device, seed=cfg.seed, log=run.log, on_epoch=on_epoch,
-                       resume=resume, progress=ctx.progress)
+                       resume=resume, progress=ctx.progress, scorers=scorers(cfg, ctx, data))
+    run.log({"train/wall_s": time.perf_counter() - start}, state["step"])
     model.load_state_dict(state["best_state"])
     path = checkpoint.save(work / Path(OPERATOR_ARTIFACT).name, model=model, **save_kw, best_val=state["best_val"])
     run.artifact(path, str(Path(OPERATOR_ARTIFACT).parent))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+from functools import partial
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Literal
@@ -23,6 +24,7 @@ from ..errors import UserError
 from ..models import checkpoint
 from ..models.checkpoint import CheckpointError
 from .losses import OPERATOR_LOSSES
+from .ttc_training import TrainingTTC, TTCTrainingConfig
 
 # What a resumed run needs; best_epoch and stale are newer and default to 0 for older last.pt files.
 RESUME_KEYS = ("state_dict", "optimizer", "scheduler", "epoch", "step", "best_val", "best_state")
@@ -192,7 +194,7 @@ def restore(model, opt, sched, state: dict, resume: dict, source: str) -> None:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(TTCTrainingConfig):  # + the TTC-during-training keys (ttc_training.py), plain by default
     epochs: int = 20
     batch_size: int = 64
     lr: float = 3e-3
@@ -209,6 +211,11 @@ class TrainConfig:
             raise ValueError("need epochs >= 1, batch_size >= 1, lr > 0, unroll >= 1")
         if self.loss not in OPERATOR_LOSSES:
             raise ValueError(f"loss must be one of {', '.join(OPERATOR_LOSSES.names())}, got {self.loss!r}")
+        self.validate_ttc()
+        if self.loss_weighting == "reward" and self.loss != "unrolled_mse":
+            raise ValueError("loss_weighting=reward weights the per-sample unrolled_mse; set loss=unrolled_mse")
+        if self.target == "best_of_n" and (self.unroll != 1 or self.loss != "unrolled_mse"):
+            raise ValueError("target=best_of_n regresses one step toward a candidate; set unroll=1, loss=unrolled_mse")
 
 
 @torch.no_grad()
@@ -227,21 +234,26 @@ def train(model: torch.nn.Module, train_pairs: tuple[torch.Tensor, torch.Tensor]
           val_pairs: tuple[torch.Tensor, torch.Tensor], cfg: TrainConfig, *, device="cpu", seed: int = 0,
           log: Callable[[dict, int], None] = lambda metrics, step: None,
           on_epoch: Callable[[int, float, dict], None] = lambda epoch, val, state: None,
-          resume: str | Path | None = None, progress: bool = True) -> dict:
+          resume: str | Path | None = None, progress: bool = True, scorers: dict | None = None) -> dict:
     """The operator on normalized pairs (inputs (M, C, *X), targets (M, K, C, *X)). `resume` is the
-    path of a last.pt; `on_epoch(epoch, val/loss, resumable state)` is what writes one."""
+    path of a last.pt; `on_epoch(epoch, val/loss, resumable state)` is what writes one. `scorers`
+    holds a ttc_training.Scorer per reward that cfg's TTC-during-training options use."""
     inputs, targets = train_pairs
     loss = OPERATOR_LOSSES.get(cfg.loss)
+    ttc = TrainingTTC(cfg, scorers or {}, seed, log)
+    steps_per_epoch = math.ceil(len(inputs) / cfg.batch_size)
 
     def batches(epoch):
         # The shuffle depends on (seed, epoch) alone, so a run resumed at any epoch sees the same
         # batches as an uninterrupted one (one generator seeded once would restart its sequence).
-        perm = torch.randperm(len(inputs), generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+        perm = (ttc.order(model, inputs, epoch, device, epoch * steps_per_epoch) if cfg.sampling == "hard" else
+                torch.randperm(len(inputs), generator=torch.Generator().manual_seed(seed * 100_003 + epoch)))
         for idx in perm.split(cfg.batch_size):
             yield {"u0": inputs[idx].to(device), "targets": targets[idx].to(device)}
 
-    task = Task(loss=lambda model, batch: loss(model, batch, cfg), batches=batches,
-                steps_per_epoch=math.ceil(len(inputs) / cfg.batch_size),
+    plain = cfg.loss_weighting == "none" and cfg.target == "truth"
+    task = Task(loss=(lambda model, batch: loss(model, batch, cfg)) if plain else partial(ttc.loss, loss),
+                batches=batches, steps_per_epoch=steps_per_epoch,
                 validate=lambda model: {"val/loss": evaluate(model, *val_pairs, cfg.batch_size, device, cfg)})
     return fit(model, task, cfg, seed=seed, device=device, log=log, progress=progress, log_every=cfg.log_every,
                amp=cfg.amp, compile=cfg.compile,

@@ -32,11 +32,16 @@ CONTROLLER_LOSSES: Registry = Registry("controller loss")
 @OPERATOR_LOSSES.register("unrolled_mse")
 def unrolled_mse(model, batch: dict, cfg=None, problem=None) -> torch.Tensor:
     """batch u0 (B, C, *X), targets (B, K, C, *X) -> mean over K autoregressive steps of
-    MSE(model^k(u0), u_k). K = 1 is the one-step loss; K > 1 trains on the model's own rollouts."""
+    MSE(model^k(u0), u_k). K = 1 is the one-step loss; K > 1 trains on the model's own rollouts.
+    An optional batch["weight"] (B,) of mean 1 weights each sample's squared error (train.loss_weighting);
+    all-ones weights give the unweighted loss bit for bit (x * 1.0 == x)."""
     u, targets, total = batch["u0"], batch["targets"], 0.0
+    w = batch.get("weight")
+    w = None if w is None else w.view(-1, *[1] * (u.ndim - 1))
     for k in range(targets.shape[1]):
         u = model(u)
-        total = total + torch.mean((u - targets[:, k]) ** 2)
+        err = (u - targets[:, k]) ** 2
+        total = total + torch.mean(err if w is None else w * err)
     return total / targets.shape[1]
 
 
