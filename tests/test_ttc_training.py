@@ -128,3 +128,15 @@ def test_best_of_n_with_the_oracle_lowers_the_one_step_error():
     assert evaluate(model, *val, 8, "cpu") < before
     steps = [m for m in logged if "train/target_true_mse" in m]
     assert steps and all(m["train/target_true_mse"] <= m["train/pred_true_mse"] + 1e-9 for m in steps)
+
+
+@pytest.mark.parametrize("sets, fragment", [(("train.target=best_of_n",), "--input init="),
+                                            (("train.loss_weighting=reward", "train.weight_reward=prm"), "--input prm=")])
+def test_train_stage_names_the_missing_input(isolated_tracking, tiny_data_file, sets, fragment):
+    from ttclab.errors import UserError
+    from ttclab.stages import Context
+    from ttclab.tracking.store import Tracker
+
+    cfg = build_tiny_project("euler1d", f"data.path={tiny_data_file('euler1d')}", *sets)
+    with pytest.raises(UserError, match=fragment.replace("-", r"\-")):
+        Context(Tracker(isolated_tracking), progress=False).run("train", cfg)

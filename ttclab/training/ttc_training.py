@@ -37,8 +37,8 @@ class TTCTrainingConfig:
 
     loss_weighting: Literal["none", "reward"] = "none"
     weight_reward: Literal["arm", "prm"] = "arm"
-    # ARM penalties are relative drifts (~1e-4..1e-2), hence the small default; .inf = plain training
-    weight_temperature: float = field(default=1.0e-3, metadata={"finite": False})
+    # ARM penalties of predictions are relative drifts (~1e-3..1e-1), hence the small default; .inf = plain
+    weight_temperature: float = field(default=1.0e-2, metadata={"finite": False})
     weight_min: float = 0.2
     weight_max: float = 5.0
     sampling: Literal["uniform", "hard"] = "uniform"
