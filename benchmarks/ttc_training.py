@@ -1,7 +1,7 @@
 """TTC during training (issue 11): each option against plain one-step training on the same data and
 seeds, at the same epochs and at the same wall time (the plain control trains extra epochs).
 
-    python benchmarks/ttc_training.py [--seeds 0 1] [--epochs 8] [--n-traj 40] [--cells 64]
+    python benchmarks/ttc_training.py [--seeds 0 1 2] [--epochs 6] [--n-traj 40] [--cells 64] [--ft-lr 3e-4]
 
 Prints one row per (option, seed) and the cost table: approach | training time (x plain) |
 test final-step nRMSE gain vs plain (same epochs / same wall time) | one-step MSE. Gains are
@@ -74,6 +74,7 @@ def main():
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--n-traj", type=int, default=40)
     ap.add_argument("--cells", type=int, default=64)
+    ap.add_argument("--ft-lr", type=float, default=3e-3, help="learning rate of the best_of_n and truth fine-tunes")
     args = ap.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
@@ -111,11 +112,12 @@ def main():
         rows.append(("filter (arm, keep 0.5) + retrain", seed, total / t_plain, report(m, data), control(total)))
         # Best-of-N fine-tunes from the plain operator for E/2 epochs; its control fine-tunes on the truth.
         half = max(1, E // 2)
-        truth_ft, t_truth = fit(cfg, data, data["train"], TrainConfig(epochs=half, **base), seed, init=plain)
+        ft = dict(base, lr=args.ft_lr)
+        truth_ft, t_truth = fit(cfg, data, data["train"], TrainConfig(epochs=half, **ft), seed, init=plain)
         for reward, scorer in (("oracle", oracle), ("arm", arm)):
-            m, t = fit(cfg, data, data["train"], TrainConfig(epochs=half, **base, target="best_of_n",
+            m, t = fit(cfg, data, data["train"], TrainConfig(epochs=half, **ft, target="best_of_n",
                                                              target_reward=reward, n_candidates=8), seed, scorer, init=plain)
-            ctl, _ = fit(cfg, data, data["train"], TrainConfig(epochs=max(half, round(half * t / t_truth)), **base),
+            ctl, _ = fit(cfg, data, data["train"], TrainConfig(epochs=max(half, round(half * t / t_truth)), **ft),
                          seed, init=plain)
             rows.append((f"best_of_n ({reward}, N=8) fine-tune", seed, (t_plain + t) / (t_plain + t_truth),
                          report(m, data), report(ctl, data), report(truth_ft, data)))

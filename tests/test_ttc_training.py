@@ -140,3 +140,28 @@ def test_train_stage_names_the_missing_input(isolated_tracking, tiny_data_file, 
     cfg = build_tiny_project("euler1d", f"data.path={tiny_data_file('euler1d')}", *sets)
     with pytest.raises(UserError, match=fragment.replace("-", r"\-")):
         Context(Tracker(isolated_tracking), progress=False).run("train", cfg)
+
+
+@pytest.mark.parametrize("problem_name", ["euler1d", "euler2d"])
+@pytest.mark.parametrize("model_type", ["fno", "upt"])
+def test_every_option_trains_every_operator_in_1d_and_2d(problem_name, model_type):
+    from ttclab.data.datasets import Normalizer
+    from ttclab.models import make_model
+    from ttclab.models.upt import UPTConfig
+    from ttclab.problems import make_problem
+    from ttclab.training.ttc_training import make_scorer
+
+    cfg = build_tiny_project(problem_name)
+    problem = make_problem(cfg.problem)
+    mcfg = cfg.model if model_type == "fno" else UPTConfig(dim=16, tokens=4, heads=2, approx_layers=1)
+    model = make_model(mcfg, n_fields=problem.n_fields, ndim=problem.ndim)
+    u = torch.from_numpy(problem.solve(2, 0, progress=False).fields)
+    x, y = u[:, :-1].flatten(0, 1), u[:, 1:].flatten(0, 1).unsqueeze(1)
+    norm = Normalizer([0.0] * problem.n_fields, [1.0] * problem.n_fields)
+    scorers = {name: make_scorer(name, problem, norm) for name in ("arm", "oracle")}
+    for keys in (dict(loss_weighting="reward"), dict(sampling="hard", hard_score="arm"),
+                 dict(target="best_of_n", target_reward="arm")):
+        logged = []
+        train(model, (x, y), (x[:4], y[:4]), TrainConfig(epochs=1, batch_size=8, log_every=1, **keys), progress=False,
+              scorers=scorers, log=lambda metrics, step: logged.append(metrics))
+        assert all(math.isfinite(v) for m in logged for v in m.values() if isinstance(v, float)), keys
