@@ -43,6 +43,12 @@ class SpectralConv(nn.Module):
         self.weight = nn.Parameter(scale * torch.randn(n_sets, *shape, dtype=torch.cfloat))
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
+        # Always fp32, also under train.amp's autocast: FFTs in reduced precision are unreliable
+        # (bf16 keeps 8 mantissa bits for sums over all cells; cuFFT's fp16 needs power-of-2 sizes).
+        with torch.autocast(h.device.type, enabled=False):
+            return self._mix(h.float())
+
+    def _mix(self, h: torch.Tensor) -> torch.Tensor:
         dims = tuple(range(-self.ndim, 0))
         hf = torch.fft.rfftn(h, dim=dims)
         out = torch.zeros_like(hf)

@@ -257,9 +257,11 @@ def _artifacts(run, problem, truth, base, ev, gain, curves, horizons, name, traj
     run.text(figures.panels(drift, "Conservation drift |Q(t)-Q(0)| / int|q(0)|", "step"), "figures/conservation.html")
     run.text(figures.histogram(gain.cpu().numpy(), f"SampleGain of {name} vs baseline (per IC)", "SampleGain (%)"),
              "figures/sample_gain.html")
+    example = {"truth": truth[0].cpu().numpy(), "baseline": base["traj"][0].cpu().numpy(), name: traj[0].cpu().numpy()}
+    times = sorted({1, truth.shape[1] // 2, truth.shape[1] - 1})
+    x = problem.cell_centres(0)  # on the problem's domain: PDEBench's CFD files cover (-1, 1)
     if problem.ndim == 1:
-        example = {"truth": truth[0].cpu().numpy(), "baseline": base["traj"][0].cpu().numpy(),
-                   name: traj[0].cpu().numpy()}
-        x = problem.cell_centres(0)  # on the problem's domain: PDEBench's 1D CFD covers (-1, 1)
-        times = sorted({1, truth.shape[1] // 2, truth.shape[1] - 1})
         run.text(figures.fields_at_times(x, list(problem.fields), times, example), "figures/example.html")
+    else:  # heat maps at the same times
+        run.text(figures.heatmaps_at_times(x, problem.cell_centres(1), list(problem.fields), times, example),
+                 "figures/example.html")

@@ -83,3 +83,33 @@ def fields_at_times(x: np.ndarray, fields: list[str], times: list[int], series: 
                               row=r + 1, col=c + 1)
     fig.update_layout(title="Example trajectory", template="plotly_white", height=260 * len(fields))
     return to_html(fig)
+
+
+def heatmaps_at_times(x: np.ndarray, y: np.ndarray, fields: list[str], times: list[int],
+                      series: dict[str, np.ndarray]) -> str:
+    """2D snapshots as heat maps: rows = series (truth first), cols = times, one field at a time
+    (a menu switches fields); series name -> (T+1, C, X, Y) trajectory of one IC. Every panel of a
+    field shares one colour scale, the range of the truth at those times, so colours compare
+    across series and times (a prediction outside it saturates)."""
+    names = list(series)
+    fig = make_subplots(rows=len(names), cols=len(times),
+                        subplot_titles=[f"{n}, step {t}" for n in names for t in times],
+                        horizontal_spacing=0.04, vertical_spacing=0.1)
+    per_field = len(names) * len(times)
+    for f, field in enumerate(fields):
+        truth = series.get("truth", series[names[0]])[times, f]
+        lo, hi = float(truth.min()), float(truth.max())
+        for r, name in enumerate(names):
+            for c, t in enumerate(times):
+                # Heatmap z is indexed [row = y][col = x]: the field's (X, Y) transposed.
+                fig.add_trace(go.Heatmap(x=x, y=y, z=series[name][t, f].T, zmin=lo, zmax=hi, colorscale="Viridis",
+                                         showscale=(r == 0 and c == 0), visible=(f == 0), name=f"{name} {field}",
+                                         colorbar={"title": field}), row=r + 1, col=c + 1)
+    buttons = [{"label": field, "method": "update",
+                "args": [{"visible": [i // per_field == f for i in range(len(fields) * per_field)]},
+                         {"title": f"Example trajectory: {field}"}]} for f, field in enumerate(fields)]
+    fig.update_layout(title=f"Example trajectory: {fields[0]}", template="plotly_white",
+                      height=260 * len(names) + 80, updatemenus=[{"buttons": buttons, "x": 1.0, "y": 1.12}])
+    for i in range(len(names) * len(times)):  # square cells: each panel's y axis scaled to its own x axis
+        fig.layout[f"yaxis{i + 1 if i else ''}"].update(scaleanchor=f"x{i + 1 if i else ''}", constrain="domain")
+    return to_html(fig)
