@@ -165,3 +165,23 @@ def test_every_option_trains_every_operator_in_1d_and_2d(problem_name, model_typ
         train(model, (x, y), (x[:4], y[:4]), TrainConfig(epochs=1, batch_size=8, log_every=1, **keys), progress=False,
               scorers=scorers, log=lambda metrics, step: logged.append(metrics))
         assert all(math.isfinite(v) for m in logged for v in m.values() if isinstance(v, float)), keys
+
+
+def test_filter_rounds_retrain_and_refilter_all_train_ics(isolated_tracking, tiny_data_file):
+    from ttclab.data.datasets import SplitData
+    from ttclab.problems import make_problem
+    from ttclab.stages import Context
+    from ttclab.tracking.store import Tracker
+
+    tracker, source = Tracker(isolated_tracking), str(tiny_data_file("euler1d"))
+    cfg = build_tiny_project("euler1d", "train.epochs=1", "filter.keep_fraction=0.5", "filter.rounds=2",
+                             "filter.reward=oracle")
+    run_id, out = Context(tracker, progress=False, inputs={"data": source}).run("filter", cfg)
+    problem = make_problem(cfg.problem)
+    first = SplitData(tracker.artifact_dir(run_id) / "data/round1/euler1d.h5", problem, cfg.data)
+    last, n_train = SplitData(out["path"], problem, cfg.data), len(SplitData(source, problem, cfg.data)["train"])
+    assert len(first["train"]) == len(last["train"]) == round(0.5 * n_train)  # round 2 refilters all train ICs
+    history = tracker.client.get_metric_history(run_id, "filter/all_true_mse")
+    assert sorted(m.step for m in history) == [1, 2]
+    # round 2 scored the rollouts of a different operator (trained on round 1's file)
+    assert history[0].value != history[1].value

@@ -89,10 +89,14 @@ class FilterConfig:
     keep_fraction: float = 0.5  # of the train ICs; ignored when threshold is set
     threshold: float | None = None  # keep trajectories scoring >= threshold (keep: best) or <= (worst)
     keep: Literal["best", "worst"] = "best"
+    # round r > 1 trains an operator on round r-1's file and filters the train ICs again with it
+    rounds: int = 1
 
     def validate(self):
         if not 0 < self.keep_fraction <= 1:
             raise ValueError(f"keep_fraction={self.keep_fraction} must be in (0, 1]")
+        if self.rounds < 1:
+            raise ValueError(f"rounds={self.rounds} must be >= 1")
 
 
 def make_scorer(name: str, problem, normalizer, prm_path=None, device="cpu") -> Scorer:
