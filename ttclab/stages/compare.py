@@ -134,10 +134,15 @@ def table(rows: list[tuple[str, str, dict]]) -> tuple[list[str], list[list[str]]
                 return "-"
             return f"{m[key + '/mean']:+.1f}{' (noise)' if within_noise(m, key) else ''}"
 
+        def drift(q):
+            # 2D runs log momentum per axis (momentum_x, momentum_y): the column shows the larger.
+            keys = [f"conservation/{k}/h{final}" for k in (q, f"{q}_x", f"{q}_y") if f"conservation/{k}/h{final}" in m]
+            return f(max(keys, key=m.get), "{:.1e}") if keys else "-"
+
         noise = "-" if "sample_gain/mean" not in m else ("yes" if within_noise(m) else "no")
         body.append([name, f"{m['seeds/n']:.0f}"] + [f(f"rollout_nrmse/h{h}", "{:.4f}") for h in horizons]
                     + [f(f"rollout_mse/h{final}"), f(f"rollout_crmse/h{final}", "{:.1e}")]
-                    + [f(f"conservation/{q}/h{final}", "{:.1e}") for q in ("mass", "momentum", "energy")]
+                    + [drift(q) for q in ("mass", "momentum", "energy")]
                     + [f("sample_gain/mean", "{:+.1f}"), ci("sample_gain"), noise, vs("random"), vs("ensemble"),
                        f("sample_gain/improved_frac", "{:.0%}"), f("reward/spearman", "{:+.3f}"),
                        f("cost/forward_per_step", "{:.1f}"), f("cost/model_evals", "{:.0f}"),
