@@ -7,8 +7,8 @@ control trains extra epochs), then TTC on top of every trained operator.
 Prints one row per (option, seed) and two tables. Cost table: approach | training time (x plain) |
 forward samples (x plain) | test final-step nRMSE gain vs plain at same epochs / same wall time / same
 forward samples | one-step MSE. TTC table: per trained operator, the test final-step nRMSE of the
-plain rollout (ttc `baseline`) and SampleGain of ARM greedy N=5 without and with the conservation
-projection (ttclab.ttc.search, the project's sampler and seed). Gains are (ref - x) / ref, so > 0 is
+plain rollout (ttc `baseline`) and the gain in that mean of ARM greedy N=5 without and with the
+conservation projection (ttclab.ttc.search, the project's sampler and seed). Gains are (ref - x) / ref, so > 0 is
 better; with 6 test ICs and 1-3 seeds, a few percent is noise.
 """
 
@@ -97,7 +97,7 @@ def fit(cfg, data, train_u, tcfg, seed, scorers=None, init=None):
 
 
 def ttc_report(model, cfg, problem, data) -> dict:
-    """Final-step test nRMSE of the plain rollout and SampleGain of ARM greedy N=5 (+ projection)."""
+    """Mean final-step test nRMSE of the plain rollout and of ARM greedy N=5 (without, with projection)."""
     truth, out = data["test"], {}
     for label, name, project in (("baseline", "baseline", False), ("arm", "arm", False), ("arm+proj", "arm", True)):
         reward = make_reward(name, problem=problem, arm=cfg.arm, device="cpu")
@@ -187,7 +187,7 @@ def main():
               f"{pm([gain(fin(r, 'same_time'), fin(r, 'rep')) for r in rs])} | "
               f"{pm([gain(fin(r, 'same_fwd'), fin(r, 'rep')) for r in rs])} | "
               f"{mean([r['ref']['onestep'] for r in rs]):.2e} -> {mean([r['rep']['onestep'] for r in rs]):.2e}")
-    print("\ntrained operator | test final nRMSE (baseline rollout) | SampleGain ARM N=5 | ARM N=5 + projection")
+    print("\ntrained operator | test final nRMSE (baseline rollout) | gain ARM N=5 | ARM N=5 + projection")
     for name in names:
         rs = [r["ttc"] for r in rows if r["name"] == name]
         print(f"{name} | {mean([t['baseline'] for t in rs]):.4f} | {pm([gain(t['baseline'], t['arm']) for t in rs])} | "
