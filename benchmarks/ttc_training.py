@@ -3,6 +3,7 @@ seeds, at the same epochs, at the same wall time and at the same operator forwar
 control trains extra epochs), then TTC on top of every trained operator.
 
     python benchmarks/ttc_training.py [--seeds 0 1 2] [--epochs 6] [--n-traj 40] [--cells 64] [--ft-lr 3e-4]
+                                      [--model fno|upt]
 
 Prints one row per (option, seed) and two tables. Cost table: approach | training time (x plain) |
 forward samples (x plain) | test final-step nRMSE gain vs plain at same epochs / same wall time / same
@@ -39,9 +40,14 @@ from ttclab.ttc.search import search
 REPO = Path(__file__).resolve().parents[1]
 
 
+MODELS = {"fno": ("euler1d.yaml", ["model.width=16", "model.modes=8", "model.layers=3"]),  # project, small sizes
+          "upt": ("euler1d_upt.yaml", ["model.dim=16", "model.tokens=8", "model.heads=2", "model.approx_layers=1"])}
+
+
 def setup(args, folder: Path):
-    cfg = load_project(REPO / "projects/euler1d.yaml", [f"problem.n_cells={args.cells}", f"data.n_trajectories={args.n_traj}",
-                                                        "model.width=16", "model.modes=8", "model.layers=3"])
+    project, sizes = MODELS[args.model]
+    cfg = load_project(REPO / "projects" / project, [f"problem.n_cells={args.cells}", f"data.n_trajectories={args.n_traj}",
+                                                     *sizes])
     problem = make_problem(cfg.problem)
     traj = problem.solve(cfg.data.n_trajectories, cfg.data.seed, progress=False)
     splits = make_splits(cfg.data.n_trajectories, cfg.data)
@@ -114,6 +120,7 @@ def main():
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--n-traj", type=int, default=40)
     ap.add_argument("--cells", type=int, default=64)
+    ap.add_argument("--model", choices=sorted(MODELS), default="fno", help="operator (small sizes in MODELS)")
     ap.add_argument("--ft-lr", type=float, default=3e-3, help="learning rate of the best_of_n and truth fine-tunes")
     args = ap.parse_args()
     torch.set_num_threads(1)
