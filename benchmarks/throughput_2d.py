@@ -21,7 +21,7 @@ import torch
 
 from ttclab.models import MODELS, make_model
 from ttclab.project import load_project
-from ttclab.training.loop import Precision
+from ttclab.training.loop import Precision, compile_errors
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,8 +48,8 @@ def bench(cfg, n: int, batch: int, steps: int, amp: str, compile: bool, device: 
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             start = time.perf_counter()
-        loss = precision.loss(loss_fn, forward, (u0, target), "bench", compile)
-        precision.step(model, opt, sched, loss, 1.0)
+        with compile_errors("throughput_2d", compile):
+            precision.step(model, opt, sched, precision.loss(loss_fn, forward, (u0, target)), 1.0)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return steps * batch / (time.perf_counter() - start), peak_mb(device)

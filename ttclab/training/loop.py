@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+from contextlib import contextmanager
 from functools import partial
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,9 +82,10 @@ def fit(model: torch.nn.Module, task: Task, cfg, *, seed: int, device="cpu",
         sums, seen, epoch_loss = {}, 0, 0.0
         for batch in distributed.shard(task.batches(epoch), task.steps_per_epoch) if distributed.active() \
                 else task.batches(epoch):
-            terms = precision.loss(task.loss, forward, batch, desc, compile)
-            terms = terms if isinstance(terms, dict) else {"loss": terms}
-            precision.step(model, opt, sched, terms["loss"], cfg.grad_clip)
+            with compile_errors(desc, compile):
+                terms = precision.loss(task.loss, forward, batch)
+                terms = terms if isinstance(terms, dict) else {"loss": terms}
+                precision.step(model, opt, sched, terms["loss"], cfg.grad_clip)
             state["step"] += 1
             seen += 1
             for k, v in terms.items():
@@ -128,16 +130,9 @@ class Precision:
         self.scaler = (torch.amp.GradScaler("cuda") if self.dtype is torch.float16 and device_type == "cuda"
                        else None)
 
-    def loss(self, loss_fn, model, batch, desc: str, compile: bool):
-        try:
-            with torch.autocast(self.device_type, dtype=self.dtype, enabled=self.dtype is not None):
-                return loss_fn(model, batch)
-        except Exception as err:
-            if not compile or isinstance(err, UserError):
-                raise
-            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-            raise TrainingError(f"{desc}: train.compile: torch.compile failed ({type(err).__name__}: {first}); "
-                                "set train.compile=false") from None
+    def loss(self, loss_fn, model, batch):
+        with torch.autocast(self.device_type, dtype=self.dtype, enabled=self.dtype is not None):
+            return loss_fn(model, batch)
 
     def step(self, model, opt, sched, loss: torch.Tensor, grad_clip: float) -> None:
         """One update: backprop, average gradients over ranks, clip the global gradient norm, step the
@@ -154,6 +149,20 @@ class Precision:
             self.scaler.step(opt)
             self.scaler.update()
         sched.step()
+
+
+@contextmanager
+def compile_errors(desc: str, enabled: bool):
+    """With train.compile, an error inside the block (the compiler runs at the first forward and,
+    for the backward graph, the first backward) is one line naming the key."""
+    try:
+        yield
+    except Exception as err:
+        if not enabled or isinstance(err, UserError):
+            raise
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise TrainingError(f"{desc}: train.compile: torch.compile failed ({type(err).__name__}: {first}); "
+                            "set train.compile=false") from None
 
 
 def compiled(model: torch.nn.Module, desc: str):
