@@ -91,7 +91,7 @@ def test_compare_names_its_runs_and_says_how_it_chose_among_them(store):
     # A second baseline run under another parent: compare keeps the newest and says what differs.
     again, _ = Context(tracker, progress=False, parent=ids["arm"]).run("ttc", cfg)
     rows = compare_stage.collect(tracker, cfg)
-    assert dict((n, r) for n, r, _ in rows)["baseline"] == again
+    assert dict((n, r) for n, r, _, _ in rows)["baseline"] == again
     (note,) = compare_stage.choices(tracker, cfg, rows)
     assert note.startswith("baseline: 2 finished runs") and f"parent run ({ids['arm']} | -)" in note
 
@@ -178,3 +178,11 @@ def test_sweep_summary_says_whether_any_trial_beats_the_baseline():
     assert versus_baseline(spec, trials, 1e-4).endswith(": no trial beats it")
     gain = NS(objective=[NS(metric="sample_gain/mean", direction="maximize")])
     assert versus_baseline(gain, [NS(values=[-1.5])], 0.0).endswith("no trial beats it")
+
+
+def test_compare_lists_the_run_of_every_candidate_seed_in_a_row(store, tiny_project):
+    tracker, cfg, ids = store
+    seed1, _ = Context(tracker, progress=False).run("ttc", tiny(tiny_project, "ttc.reward=baseline", "sampling.seed=1"))
+    rows = {name: seeds for name, _, _, seeds in compare_stage.collect(tracker, cfg)}
+    # The baseline row aggregates seeds 0 and 1: both runs are listed (the newest per seed), the ARM row has one.
+    assert seed1 in rows["baseline"] and len(rows["baseline"]) == 2 and rows["arm+proj"] == [ids["arm"]]

@@ -35,9 +35,10 @@ def aggregate(per_seed: list[dict]) -> dict:
     return out
 
 
-def collect(tracker, cfg) -> list[tuple[str, str, dict]]:
-    """[(row name, newest run id, metrics aggregated over candidate seeds)] in the selectors' rank
-    order (rewards/__init__.py; projection rows after); per row and seed the newest finished run."""
+def collect(tracker, cfg) -> list[tuple[str, str, dict, list[str]]]:
+    """[(row name, newest run id, metrics aggregated over candidate seeds, the run id of every seed)]
+    in the selectors' rank order (rewards/__init__.py; projection rows after); per row and seed the
+    newest finished run."""
     runs = tracker.runs({"ttclab.stage": "ttc", "ttclab.project": cfg.name,
                          "ttclab.compare_key": comparison_key(cfg)}, status="FINISHED")
     newest: dict[str, dict[str, tuple[str, dict]]] = {}
@@ -45,13 +46,14 @@ def collect(tracker, cfg) -> list[tuple[str, str, dict]]:
         newest.setdefault(_row_name(r.data.tags), {}).setdefault(_seed(r), (r.info.run_id, dict(r.data.metrics)))
     rank = {name: i for i, name in enumerate(selector_names())}
     keys = sorted(newest, key=lambda n: (n.endswith("+proj"), rank.get(n.split("+")[0], 99)))
-    return [(k, next(iter(newest[k].values()))[0], aggregate([m for _, m in newest[k].values()])) for k in keys]
+    return [(k, next(iter(newest[k].values()))[0], aggregate([m for _, m in newest[k].values()]),
+             [r for r, _ in newest[k].values()]) for k in keys]
 
 
 def series(tracker, rows, names: dict[str, str]) -> list[Series]:
     """The dashboard's data of each compared run: its step curves, per-IC SampleGain and drifts."""
     out = []
-    for _, run_id, m in rows:
+    for _, run_id, m, _ in rows:
         per_ic = tracker.artifact_dir(run_id) / "per_ic.csv"
         table = list(csv.DictReader(per_ic.open())) if per_ic.exists() else []
         drift: dict[str, list] = {}
@@ -74,9 +76,9 @@ def choices(tracker, cfg, rows) -> list[str]:
     can differ is the runtime (device) or how they were started (a sweep parent)."""
     runs = tracker.runs({"ttclab.stage": "ttc", "ttclab.project": cfg.name,
                          "ttclab.compare_key": comparison_key(cfg)}, status="FINISHED")
-    used = {run_id for _, run_id, _ in rows}
+    used = {run_id for _, run_id, _, _ in rows}
     notes = []
-    for name, run_id, _ in rows:
+    for name, run_id, _, _ in rows:
         chosen_seed = next(_seed(r) for r in runs if r.info.run_id == run_id)
         group = [r for r in runs if _row_name(r.data.tags) == name and _seed(r) == chosen_seed]
         if len(group) < 2:
@@ -98,13 +100,13 @@ def within_noise(m: dict, key: str = "sample_gain") -> bool:
     return m.get(f"{key}/within_noise", 1.0) > 0
 
 
-def table(rows: list[tuple[str, str, dict]]) -> tuple[list[str], list[list[str]]]:
+def table(rows: list[tuple[str, str, dict, list[str]]]) -> tuple[list[str], list[list[str]]]:
     """The comparison's header and rows (strings): per row errors at every horizon, final MSE
     (mean +- s.e. over candidate seeds), drifts, SampleGain with its interval and within-noise
     flag, gain over the random pick and the ensemble mean, and compute per IC."""
     if not rows:
         return [], []
-    horizons = sorted({int(k.rsplit("h", 1)[1]) for _, _, m in rows for k in m
+    horizons = sorted({int(k.rsplit("h", 1)[1]) for _, _, m, _ in rows for k in m
                        if k.startswith("rollout_nrmse/h") and not k.endswith("/se")})
     final = horizons[-1]
     header = (["selector", "seeds"] + [f"nRMSE h{h}" for h in horizons] + [f"MSE h{final}", f"cRMSE h{final}"]
@@ -112,7 +114,7 @@ def table(rows: list[tuple[str, str, dict]]) -> tuple[list[str], list[list[str]]
                  "vs random %", "vs ens. mean %", "improved", "Spearman", "fwd/IC/step", "model evals/IC",
                  "reward evals/IC", "wall s"])
     body = []
-    for name, _, m in rows:
+    for name, _, m, _ in rows:
         def f(key, fmt="{:.3e}"):
             if key not in m:
                 return "-"
@@ -165,14 +167,15 @@ def compare(cfg, ctx, run):
         raise ConfigError(f"no finished ttc runs for project {cfg.name!r} with this config yet; "
                          f"run `ttclab ttc` (or `ttclab demo`) first")
     header, body = table(rows)
-    names = {r: ctx.tracker.run_info(r).info.run_name for _, r, _ in rows}
-    header, body = header + ["run"], [line + [names[r]] for line, (_, r, _) in zip(body, rows)]
+    names = {r: ctx.tracker.run_info(r).info.run_name for _, r, _, _ in rows}
+    header, body = header + ["run"], [line + [names[r]] for line, (_, r, _, _) in zip(body, rows)]
     notes = choices(ctx.tracker, cfg, rows)
     text = markdown(header, body) + "".join(f"\n- {n}" for n in notes) + ("\n" if notes else "")
     run.text(text, "compare.md")
     run.text(dashboard(header, body, series(ctx.tracker, rows, names),
                        f"ttclab/{cfg.name}: TTC comparison ({cfg.ttc.split} split)"), "figures/compare.html")
-    run.tags({"ttclab.compared_runs": ",".join(r for _, r, _ in rows),
+    # Every seed's run that fed a row, so a reader can open each of them (the table shows the newest).
+    run.tags({"ttclab.compared_runs": ",".join(r for *_, seeds in rows for r in seeds),
               "ttclab.compared_names": " | ".join(names.values())[:5000]})
     print(f"\nTTC comparison, {cfg.name}, {cfg.ttc.split} split, N={cfg.ttc.branching}, K={cfg.ttc.beam}, "
           f"sampler {cfg.sampling.sampler}:\n\n{text}")
