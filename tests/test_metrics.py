@@ -102,7 +102,7 @@ def test_compare_aggregates_candidate_seeds_with_standard_errors():
     assert m["seeds/n"] == 2 and m["rollout_mse/h2"] == 2.0 and math.isclose(m["rollout_mse/h2/se"], 1.0)
     assert not within_noise(m)  # 5 +- 1.96 * 1 excludes 0
     assert within_noise(aggregate([{"sample_gain/mean": -1.0}, {"sample_gain/mean": 3.0}]))  # 1 +- 3.9
-    header, body = table([("arm", "id", m)])
+    header, body = table([("arm", "id", m, ["id"])])
     assert body[0][header.index("MSE h2")] == "2.000e+00 ± 1.000e+00" and body[0][header.index("within noise")] == "no"
 
 
