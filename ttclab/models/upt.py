@@ -95,6 +95,7 @@ class Block(nn.Module):
 class UPT(Operator):
     Config = UPTConfig
     latent = True
+    absolute_decode = True  # decode(z, u) reads only u's grid: train.loss=upt_inverse may invert it
 
     def __init__(self, cfg: UPTConfig, n_fields: int, ndim: int):
         super().__init__(n_fields, ndim)

@@ -214,12 +214,23 @@ class TrainConfig(TTCTrainingConfig):  # + the TTC-during-training keys (ttc_tra
     loss: str = "unrolled_mse"  # an OPERATOR_LOSSES name (losses.py)
     amp: Literal["none", "bf16", "fp16"] = "none"  # autocast of the training loss (FFTs stay fp32)
     compile: bool = False  # torch.compile the model for the training forward passes
+    # loss=upt_inverse (losses.py): inverse-loss weights, 0 for inverse_warmup_epochs, then a linear ramp
+    # to the lambda over as many epochs, capped at inverse_max_weight, on every inverse_frequency-th batch
+    lambda_inv_enc: float = 1.0
+    lambda_inv_dec: float = 1.0
+    inverse_warmup_epochs: int = 0
+    inverse_max_weight: float = 1.0
+    inverse_frequency: int = 1
 
     def validate(self):
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.unroll < 1:
             raise ValueError("need epochs >= 1, batch_size >= 1, lr > 0, unroll >= 1")
         if self.loss not in OPERATOR_LOSSES:
             raise ValueError(f"loss must be one of {', '.join(OPERATOR_LOSSES.names())}, got {self.loss!r}")
+        if min(self.lambda_inv_enc, self.lambda_inv_dec, self.inverse_max_weight, self.inverse_warmup_epochs) < 0 \
+                or self.inverse_frequency < 1:
+            raise ValueError("need lambda_inv_enc, lambda_inv_dec, inverse_max_weight, inverse_warmup_epochs >= 0 "
+                             "and inverse_frequency >= 1")
         self.validate_ttc()
         if self.loss_weighting == "reward" and self.loss != "unrolled_mse":
             raise ValueError("loss_weighting=reward weights the per-sample unrolled_mse; set loss=unrolled_mse")
@@ -235,7 +246,8 @@ def evaluate(model, inputs, targets, batch_size: int, device, cfg: TrainConfig |
     loss, total = OPERATOR_LOSSES.get(cfg.loss), 0.0
     for i in range(0, len(inputs), batch_size):
         batch = {"u0": inputs[i : i + batch_size].to(device), "targets": targets[i : i + batch_size].to(device)}
-        total += float(loss(model, batch, cfg)) * len(batch["u0"])
+        terms = loss(model, batch, cfg)
+        total += float(terms["loss"] if isinstance(terms, dict) else terms) * len(batch["u0"])
     return total / max(len(inputs), 1)
 
 
@@ -257,8 +269,8 @@ def train(model: torch.nn.Module, train_pairs: tuple[torch.Tensor, torch.Tensor]
         # batches as an uninterrupted one (one generator seeded once would restart its sequence).
         perm = (ttc.order(model, inputs, epoch, device, epoch * steps_per_epoch) if cfg.sampling == "hard" else
                 torch.randperm(len(inputs), generator=torch.Generator().manual_seed(seed * 100_003 + epoch)))
-        for idx in perm.split(cfg.batch_size):
-            yield {"u0": inputs[idx].to(device), "targets": targets[idx].to(device)}
+        for i, idx in enumerate(perm.split(cfg.batch_size)):  # epoch, batch_index: upt_inverse's curriculum
+            yield {"u0": inputs[idx].to(device), "targets": targets[idx].to(device), "epoch": epoch, "batch_index": i}
 
     plain = cfg.loss_weighting == "none" and cfg.target == "truth"
     task = Task(loss=(lambda model, batch: loss(model, batch, cfg)) if plain else partial(ttc.loss, loss),

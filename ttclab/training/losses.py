@@ -8,6 +8,7 @@ as train/<name>). `cfg` is the config section being trained (train, prm or trc);
 problem when the loss needs its physics (the controller's dynamics), else None.
 
     OPERATOR_LOSSES    batch u0 (B, C, *X), targets (B, K, C, *X)      chosen by train.loss
+                       (unrolled_mse; upt_inverse: + UPT's inverse losses, latent operators)
     PRM_LOSSES         batch state, cands (S, n, ...), triplet (S, 3), truth[, anchor]
     CONTROLLER_LOSSES  batch x0, target, controls, teacher_cost        chosen by trc.method (bc | ps)
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import UserError
 from ..registry import Registry
 
 OPERATOR_LOSSES: Registry = Registry("operator loss")
@@ -43,6 +45,64 @@ def unrolled_mse(model, batch: dict, cfg=None, problem=None) -> torch.Tensor:
         err = (u - targets[:, k]) ** 2
         total = total + torch.mean(err if w is None else w * err)
     return total / targets.shape[1]
+
+
+class LossError(UserError):
+    """A loss asked of a model that lacks what it needs."""
+
+
+def inverse_weight(lam: float, epoch: int, warmup: int, max_weight: float) -> float:
+    """The curriculum weight of an inverse loss at 0-based `epoch`:
+
+        w(e) = 0                                      e < W
+             = min(lam * min((e - W + 1) / W, 1), cap)  e >= W      (W = warmup; W = 0: min(lam, cap))
+
+    zero for W epochs, then a linear ramp reaching lam at epoch 2W - 1, never above cap."""
+    if warmup == 0:
+        return min(lam, max_weight)
+    if epoch < warmup:
+        return 0.0
+    return min(lam * min((epoch - warmup + 1) / warmup, 1.0), max_weight)
+
+
+@OPERATOR_LOSSES.register("upt_inverse")
+def upt_inverse(model, batch: dict, cfg, problem=None) -> dict[str, torch.Tensor]:
+    """UPT's forward loss plus its inverse encoding/decoding losses (Alkin et al. 2024), for a latent
+    operator whose decode(z, u) reads only u's grid (`absolute_decode`: UPT, not FNO's residual decode). batch u0 (B, C, *X), targets (B, K, C, *X)[, epoch, batch_index]:
+
+        L_forward = mean_k MSE(D(A^k(E(u0))), u_k)     K latent steps (train.unroll), decoded densely
+        L_inv_enc = MSE(D(E(u0)), u0)                  the decoder inverts the encoder on the input
+        L_inv_dec = MSE(E(D(z1)), sg(z1)), z1 = A(E(u0))  the encoder inverts the decoder on the prediction
+        loss      = L_forward + w_enc L_inv_enc + w_dec L_inv_dec
+
+    w = inverse_weight(lambda, epoch, ...) on batches whose index is a multiple of
+    train.inverse_frequency, else 0. With weight 0 (and without "epoch" in the batch: validation scores
+    the forward loss alone, comparable across epochs) the inverse terms are still computed for the
+    log, without gradient. Unlike the official code (ml-jku/UPT: the previous frame reconstructed from
+    the detached latent, weight 1 throughout) the encoder's latent is not detached, so L_inv_enc
+    trains encoder and decoder together, and the weights follow the curriculum above.
+    inv_weight logs the larger of w_enc, w_dec."""
+    if not getattr(model, "absolute_decode", False):  # FNO's decode is u + P(h): D(E(u)) = u would be trivial
+        raise LossError(f"train.loss=upt_inverse needs an operator that decodes fields from its latent alone "
+                        f"(model.type=upt), not {type(model).__name__}; set model.type=upt or train.loss=unrolled_mse")
+    u0, targets = batch["u0"], batch["targets"]
+    z0 = model.encode(u0)
+    z, forward = z0, 0.0
+    for k in range(targets.shape[1]):
+        z = model.step(z)
+        z1 = z if k == 0 else z1
+        forward = forward + torch.mean((model.decode(z, u0) - targets[:, k]) ** 2)
+    training = "epoch" in batch and batch.get("batch_index", 0) % cfg.inverse_frequency == 0
+    w = {name: inverse_weight(lam, batch["epoch"], cfg.inverse_warmup_epochs, cfg.inverse_max_weight)
+         if training else 0.0 for name, lam in (("enc", cfg.lambda_inv_enc), ("dec", cfg.lambda_inv_dec))}
+    with torch.enable_grad() if w["enc"] > 0 else torch.no_grad():
+        inv_enc = torch.mean((model.decode(z0, u0) - u0) ** 2)
+    with torch.enable_grad() if w["dec"] > 0 else torch.no_grad():
+        inv_dec = torch.mean((model.encode(model.decode(z1, u0)) - z1.detach()) ** 2)
+    forward = forward / targets.shape[1]
+    return {"loss": forward + w["enc"] * inv_enc + w["dec"] * inv_dec, "L_forward": forward,
+            "L_inv_enc": inv_enc, "L_inv_dec": inv_dec,
+            "inv_weight": torch.tensor(max(w.values()))}
 
 
 def triplet_margin_loss(scores: torch.Tensor, margin: float) -> torch.Tensor:
