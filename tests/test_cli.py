@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -244,8 +245,99 @@ def test_the_clis_stage_table_matches_the_stage_declarations():
 
 def test_help_and_argument_errors_import_neither_torch_nor_mlflow():
     code = ("import sys\nfrom ttclab.cli import main\n"
-            "for args in (['--help'], ['train', '--help'], ['train'], ['ttc', '--device', 'tpu', 'p.yaml']):\n"
+            "for args in (['--help'], ['train', '--help'], ['ttc', '--help'], ['train'], ['ttc', '--device', 'tpu', 'p.yaml']):\n"
             "    try:\n        main(args, prog_name='ttclab')\n    except SystemExit as e:\n        assert e.code in (0, 2), (args, e.code)\n"
             "print(sorted(m for m in ('torch', 'mlflow', 'optuna', 'numpy') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr
+
+
+# --- every command's help lists its choices, from the registries ---------------------------------
+
+def registered() -> dict[str, tuple[str, ...]]:
+    """The real names behind ttclab.cli.NAMES, read from the registries (this imports torch)."""
+    from ttclab.models import MODELS, operator_names
+    from ttclab.problems import PROBLEMS, PDEProblem
+    from ttclab.rewards import selector_names
+    from ttclab.sampling import SAMPLERS
+    from ttclab.training.losses import CONTROLLER_LOSSES, OPERATOR_LOSSES, PRM_LOSSES
+
+    pde = [n for n in PROBLEMS.names() if issubclass(PROBLEMS.get(n), PDEProblem)]
+    names = {"pde_problems": pde, "control_problems": [n for n in PROBLEMS.names() if n not in pde],
+             "operators": operator_names(), "controllers": [n for n in MODELS.names() if n not in operator_names()],
+             "selectors": selector_names(), "samplers": SAMPLERS, "operator_losses": OPERATOR_LOSSES.names(),
+             "prm_losses": PRM_LOSSES.names(), "controller_losses": CONTROLLER_LOSSES.names()}
+    return {kind: tuple(v) for kind, v in names.items()}
+
+
+def test_the_clis_name_table_matches_the_registries():
+    from ttclab.cli import NAMES
+
+    real = registered()
+    assert NAMES == real, f"a registry changed: paste into ttclab/cli.py:NAMES {real}"
+
+
+def test_the_clis_value_table_matches_the_configs():
+    """Literal keys: exactly their Literal's values; keys checked in validate(): every listed value is
+    accepted and another one refused."""
+    import typing
+
+    from ttclab.cli import VALUES
+    from ttclab.config import build
+    from ttclab.models.prm import PRMConfig
+    from ttclab.problems.euler import EulerConfig
+    from ttclab.training.loop import TrainConfig
+    from ttclab.training.triplet import TripletConfig
+    from ttclab.training.trc import TRCConfig
+    from ttclab.training.ttc_training import FilterConfig
+
+    sections = {"problem": EulerConfig, "train": TrainConfig, "triplets": TripletConfig, "prm": PRMConfig,
+                "trc": TRCConfig, "filter": FilterConfig}
+    for key, values in VALUES.items():
+        section, field = key.split(".")
+        hint = typing.get_type_hints(sections[section])[field]
+        if typing.get_origin(hint) is typing.Literal:
+            assert values == typing.get_args(hint), f"paste into ttclab/cli.py:VALUES {key!r}: {typing.get_args(hint)}"
+        for value in values:
+            build(sections[section], {field: value}, "p.yaml", section)
+        with pytest.raises(ConfigError):
+            build(sections[section], {field: "not_a_choice"}, "p.yaml", section)
+
+
+# (kind of name, command, the --set key whose help line lists them): every kind in some command's help.
+HELP_LISTS = [("selectors", "ttc", "ttc.reward"), ("selectors", "compare", "ttc.reward"),
+              ("selectors", "demo", "ttc.reward"), ("samplers", "ttc", "sampling.sampler"),
+              ("samplers", "build_prm", "sampling.sampler"), ("operators", "train", "model.type"),
+              ("controllers", "trc", "model.type"), ("pde_problems", "generate", "problem.type"),
+              ("control_problems", "trc", "problem.type"), ("control_problems", "trc_data", "problem.type"),
+              ("operator_losses", "train", "train.loss"), ("prm_losses", "train_prm", "prm.loss"),
+              ("controller_losses", "trc", "ttclab.method")]
+
+
+def help_line(command: str, key: str) -> list[str]:
+    """The choices a command's --help lists for `key` (its `key  a | b | c (note)` line)."""
+    out = invoke(command, "--help").output
+    (line,) = [line for line in out.splitlines() if line.split()[:1] == [key]]
+    return line.split(None, 1)[1].split(" (")[0].split(" | ")
+
+
+@pytest.mark.parametrize("kind, command, key", HELP_LISTS)
+def test_help_lists_every_registered_name(kind, command, key):
+    assert help_line(command, key) == list(registered()[kind])
+
+
+def test_every_registry_and_stage_is_listed_in_some_help():
+    from ttclab.stages import STAGES
+
+    assert {kind for kind, _, _ in HELP_LISTS} == set(registered())
+    top = invoke("--help").output
+    assert all(re.search(rf"^  {name}\b", top, re.M) for name in STAGES.names())
+
+
+def test_help_keys_are_real_config_keys():
+    from ttclab.cli import COMMAND_KEYS
+
+    flat = load_project(DEFAULT).flat()
+    keys = {key for entries in COMMAND_KEYS.values() for key, *_ in entries} - {"ttclab.method"}
+    assert keys <= set(flat), sorted(keys - set(flat))
+    assert "ttc.branching" in invoke("ttc", "--help").output and "train.epochs" in invoke("train", "--help").output

@@ -140,7 +140,7 @@ DISTRIBUTED_STAGES = ("train", "train_prm", "trc")  # the stages whose work is t
 
 
 def stage_command(name: str, help_text: str) -> click.Command:
-    @click.command(name=name, help=help_text)
+    @click.command(name=name, help=help_text, epilog=epilog(name))
     @click.argument("project", type=click.Path(dir_okay=False))
     @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
                   help="Dotted config override, e.g. --set train.epochs=3 (repeatable).")
@@ -218,6 +218,91 @@ STAGE_HELP = {
     "ttc": "Run one TTC selector (ttc.reward: baseline | random | ensemble | arm | prm | oracle) with its controls "
            "on held-out ICs.",
 }
+
+
+# Names from the registries and config Literals that --help lists, copied here for the same reason
+# (tests/test_cli.py checks each against its source and prints the line to paste when one changes).
+NAMES = {
+    "pde_problems": ("burgers1d", "euler1d", "euler2d"),  # PROBLEMS: PDEProblem subclasses
+    "control_problems": ("double_integrator", "vanderpol"),  # PROBLEMS: the others
+    "operators": ("fno", "upt"),  # models.operator_names()
+    "controllers": ("trc",),  # MODELS: the others
+    "selectors": ("baseline", "random", "ensemble", "arm", "prm", "oracle"),  # rewards.selector_names()
+    "samplers": ("mc_dropout", "latent_noise", "input_perturb", "ensemble"),  # sampling.SAMPLERS
+    "operator_losses": ("unrolled_mse", "upt_inverse"),  # training.losses.OPERATOR_LOSSES
+    "prm_losses": ("bradley_terry", "triplet"),  # PRM_LOSSES
+    "controller_losses": ("bc", "ps"),  # CONTROLLER_LOSSES (trc.process_weight 0 -> bc, > 0 -> ps)
+}
+VALUES = {  # config key -> the values it accepts (a Literal, or the tuple its validate() checks)
+    "problem.ic": ("smooth", "riemann", "blast"),
+    "train.amp": ("none", "bf16", "fp16"),
+    "train.loss_weighting": ("none", "reward"),
+    "train.sampling": ("uniform", "hard"),
+    "train.target": ("truth", "best_of_n"),
+    "triplets.states": ("rollout", "truth", "mixed"),
+    "triplets.label": ("next", "horizon"),
+    "prm.head": ("reference", "local"),
+    "prm.anchor": ("operator", "set_mean"),
+    "prm.select": ("ranking", "loss"),
+    "trc.test_time": ("none", "more_cycles", "best_of_n"),
+    "trc.test_verifier": ("value", "oracle", "random"),
+    "filter.reward": ("arm", "prm", "oracle"),
+    "filter.keep": ("best", "worst"),
+}
+_N = NAMES
+# Per command, the keys users set most: (key, choices[, note]) or (key, what it does).
+COMMAND_KEYS = {
+    "generate": [("problem.type", _N["pde_problems"]), ("problem.ic", VALUES["problem.ic"]),
+                 ("data.n_trajectories", "trajectories to generate (or the most to read from data.path)"),
+                 ("data.path", "an existing PDEBench-layout HDF5 file instead of generating"),
+                 ("problem.n_cells", "cells per axis")],
+    "train": [("model.type", _N["operators"]), ("train.loss", _N["operator_losses"]),
+              ("train.amp", VALUES["train.amp"]), ("train.loss_weighting", VALUES["train.loss_weighting"]),
+              ("train.sampling", VALUES["train.sampling"]), ("train.target", VALUES["train.target"]),
+              ("train.epochs", "epochs (best validation epoch kept)"), ("train.lr", "AdamW learning rate"),
+              ("train.batch_size", "samples per optimizer step"), ("train.unroll", "> 1: k-step autoregressive loss"),
+              ("seed", "weights seed; --input init=<operator.pt> fine-tunes")],
+    "build_prm": [("sampling.sampler", _N["samplers"], "(combine with +)"),
+                  ("triplets.states", VALUES["triplets.states"]), ("triplets.label", VALUES["triplets.label"]),
+                  ("triplets.k", "candidates ranked per state"), ("triplets.fraction", "of the train ICs used"),
+                  ("triplets.horizon", "label=horizon: steps each candidate is continued")],
+    "train_prm": [("prm.loss", _N["prm_losses"]), ("prm.head", VALUES["prm.head"]),
+                  ("prm.anchor", VALUES["prm.anchor"]), ("prm.select", VALUES["prm.select"]),
+                  ("prm.epochs", "epochs"), ("prm.lr", "learning rate"),
+                  ("prm.set_size", "candidates scored together (match ttc.branching)")],
+    "trc_data": [("problem.type", _N["control_problems"])],
+    "trc": [("problem.type", _N["control_problems"]), ("model.type", _N["controllers"]),
+            ("ttclab.method", _N["controller_losses"], "(the run's tag; trc.process_weight 0 = bc, > 0 = ps)"),
+            ("trc.test_time", VALUES["trc.test_time"]), ("trc.test_verifier", VALUES["trc.test_verifier"]),
+            ("trc.process_weight", "weight of process supervision (0 = behaviour cloning only)"),
+            ("trc.epochs", "epochs"), ("trc.test_n", "candidates or cycle multiplier at test time")],
+    "ttc": [("ttc.reward", _N["selectors"]), ("sampling.sampler", _N["samplers"], "(combine with +)"),
+            ("ttc.branching", "N candidates per kept trajectory and step"),
+            ("ttc.beam", "K kept trajectories per IC (1 = greedy)"),
+            ("ttc.project_conservation", "true: project candidates onto the IC's conserved totals"),
+            ("ttc.split", "test for reported numbers, val while tuning"), ("ttc.n_ics", "0 = every IC of the split"),
+            ("sampling.seed", "candidate seed (--seeds 0,1,2 runs several)"),
+            ("sampling.latent_sigma", "latent noise scale"), ("sampling.input_eps", "input noise scale")],
+    "compare": [("ttc.reward", _N["selectors"], "(one row each; +proj rows after)"),
+                ("sampling.sampler", _N["samplers"]),
+                ("ttc.branching", "the N of the runs to compare"), ("ttc.beam", "their K"),
+                ("ttc.split", "their split")],
+    "demo": [("ttc.reward", _N["selectors"], "(every one is run)"), ("sampling.sampler", _N["samplers"]),
+             ("ttc.branching", "N candidates per step"), ("train.epochs", "operator epochs")],
+    "filter": [("filter.reward", VALUES["filter.reward"]), ("filter.keep", VALUES["filter.keep"]),
+               ("filter.keep_fraction", "of the train ICs kept"), ("filter.threshold", "keep by score instead"),
+               ("filter.rounds", "> 1: train -> filter repeated")],
+}
+
+
+def epilog(name: str) -> str:
+    """The `--set` keys of a command's help: choices as `a | b | c`, then what the other keys do.
+    Click rewraps paragraphs; `\\b` keeps these lines as they are."""
+    lines = ["\b", "Keys (--set KEY=VALUE); choices come from the registries:"]
+    for key, what, *note in COMMAND_KEYS.get(name, ()):
+        text = " | ".join(what) if isinstance(what, tuple) else what
+        lines.append(f"  {key:26s}{' '.join([text, *note])}")
+    return "\n".join(lines) if len(lines) > 2 else ""
 
 
 def _register_stages():
