@@ -8,6 +8,8 @@ A new operator subclasses `Operator`, declares its capabilities and writes `forw
     latent        True if it has the latent hooks encode/step/decode with
                   forward(u) = decode(step(encode(u)), u), so latent noise has a place to go
     dropout_rate  the rate of the dropout it applies with `self.drop(h)` (0 = none to sample)
+    absolute_decode  True if decode(h, u) reads only u's grid, not its values (UPT, not FNO's u + P(h)):
+                  the latent alone determines the fields, so ttc.rollout=latent and the inverse losses apply
 `sample_next` comes from the base: it repeats the batch n times and applies the `Perturbation`
 (what sampling/ builds from SamplingConfig; models only see this small spec):
     input_eps     u' = u + eps * z: the network reads u', a latent model still advances u
@@ -76,6 +78,7 @@ class Operator(nn.Module):
     ndims: tuple[int, ...] = (1, 2)
     latent: bool = False
     dropout_rate: float = 0.0
+    absolute_decode: bool = False
 
     def __init__(self, n_fields: int, ndim: int):
         super().__init__()
@@ -122,14 +125,7 @@ class Operator(nn.Module):
                     generator: torch.Generator | None = None) -> torch.Tensor:
         """u (B, C, *X) -> n candidates (B, n, C, *X), all B*n through the network as one batch.
         With no active perturbation every candidate equals forward(u)."""
-        p = perturbation or Perturbation()
-        name = type(self).__name__
-        if p.latent_sigma > 0 and not self.latent:
-            raise OperatorError(f"sampling.sampler latent_noise needs a latent operator, not {name}; "
-                                f"use input_perturb or mc_dropout")
-        if p.dropout and self.dropout_rate == 0:
-            raise OperatorError(f"sampling.sampler mc_dropout needs an operator with dropout ({name} has none); "
-                                f"retrain with model.dropout > 0 or use latent_noise")
+        p = self._checked(perturbation)
         b = u.shape[0]
         flat = u.unsqueeze(1).expand(b, n, *u.shape[1:]).reshape(b * n, *u.shape[1:])
         seen = flat
@@ -145,3 +141,35 @@ class Operator(nn.Module):
             else:
                 out = self(seen)
         return out.view(b, n, *u.shape[1:])
+
+    def sample_latent(self, z: torch.Tensor, u: torch.Tensor, n: int, perturbation: Perturbation | None = None,
+                      generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step of a latent rollout (ttc.rollout=latent, `absolute_decode` operators): z (B, *L) the
+        latent of state u (B, C, *X) -> (z' (B, n, *L), D(z') (B, n, C, *X)) with z' = A(z + sigma e),
+        MC-dropout masks from `generator` (in A and D only: z was encoded once, deterministically);
+        with latent noise alone the same candidates as sample_next(u, n) when z = E(u)."""
+        p = self._checked(perturbation)
+        if p.input_eps > 0:
+            raise OperatorError("sampling.sampler input_perturb perturbs the fields, which a latent rollout never "
+                                "re-reads; use latent_noise or mc_dropout, or set ttc.rollout=physical")
+        b = z.shape[0]
+        rep = lambda t: t.unsqueeze(1).expand(b, n, *t.shape[1:]).reshape(b * n, *t.shape[1:])  # noqa: E731
+        h, grid = rep(z), rep(u)
+        with self._mc_dropout(p.dropout, generator):
+            if p.latent_sigma > 0:
+                h = h + p.latent_sigma * torch.randn(h.shape, generator=generator, device=h.device)
+            h = self.step(h)
+            out = self.decode(h, grid)
+        return h.view(b, n, *z.shape[1:]), out.view(b, n, *u.shape[1:])
+
+    def _checked(self, perturbation: Perturbation | None) -> Perturbation:
+        """The perturbation, refused in one line if it asks for a capability this operator lacks."""
+        p = perturbation or Perturbation()
+        name = type(self).__name__
+        if p.latent_sigma > 0 and not self.latent:
+            raise OperatorError(f"sampling.sampler latent_noise needs a latent operator, not {name}; "
+                                f"use input_perturb or mc_dropout")
+        if p.dropout and self.dropout_rate == 0:
+            raise OperatorError(f"sampling.sampler mc_dropout needs an operator with dropout ({name} has none); "
+                                f"retrain with model.dropout > 0 or use latent_noise")
+        return p

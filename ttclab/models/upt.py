@@ -95,7 +95,9 @@ class Block(nn.Module):
 class UPT(Operator):
     Config = UPTConfig
     latent = True
-    absolute_decode = True  # decode(z, u) reads only u's grid: train.loss=upt_inverse may invert it
+    # decode(z, u) reads only u's grid: train.loss=upt_inverse may invert it, and ttc.rollout=latent
+    # may step z without going back to the grid
+    absolute_decode = True
 
     def __init__(self, cfg: UPTConfig, n_fields: int, ndim: int):
         super().__init__(n_fields, ndim)
@@ -133,6 +135,10 @@ class UPT(Operator):
         q = self.query_embed(fourier_features(x, self.cfg.freqs))
         q = q.expand(z.shape[0], -1, -1) if q.dim() == 2 else q
         return self.head(self.dec(q, self.drop, z))
+
+    def decode_cells(self, z: torch.Tensor, u: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """Fields at cells idx (B, Q) of u's row-major grid: (B, Q, n_fields) (query-sampled training)."""
+        return self.decode_at(z, cell_centres(u.shape[2:]).to(u)[idx])
 
     def decode(self, z: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         grid = u.shape[2:]

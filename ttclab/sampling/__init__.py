@@ -55,3 +55,11 @@ def perturbation(cfg: SamplingConfig) -> Perturbation:
 def candidates(model, state: torch.Tensor, n: int, cfg: SamplingConfig, generator: torch.Generator) -> torch.Tensor:
     """state (B, C, *X) normalized -> (B, n, C, *X) normalized candidates, one batched forward pass."""
     return model.eval().sample_next(state, n, perturbation(cfg), generator)
+
+
+@torch.no_grad()
+def latent_candidates(model, z: torch.Tensor, state: torch.Tensor, n: int, cfg: SamplingConfig,
+                      generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Latent rollout: latents z (B, *L) of states (B, C, *X) -> (next latents (B, n, *L), their decoded
+    candidates (B, n, C, *X) normalized), one batched pass (models/operator.py sample_latent)."""
+    return model.eval().sample_latent(z, state, n, perturbation(cfg), generator)

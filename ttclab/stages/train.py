@@ -30,16 +30,20 @@ TRAIN_PRM = Input("prm", path=PRM_ARTIFACT).when(lambda cfg: "prm" in cfg.train.
 
 @torch.no_grad()
 def rollout_report(model, data: SplitData, split: str, device) -> dict[str, float]:
-    """Deterministic rollout from t=0 over the whole horizon of a split: MSE / nRMSE at horizons."""
+    """Deterministic rollout from t=0 over the whole horizon of a split: MSE / nRMSE at horizons,
+    `{split}/rollout_*` physical and, for operators that can (ttc/rollout.py), `{split}/latent/rollout_*`."""
     norm = data.normalizer.to(device)
     true = data[split].to(device)
     ndim = true.ndim - 3
-    pred = norm.decode(rollout(model.eval(), norm.encode(true[:, 0], ndim), true.shape[1] - 1), ndim)
-    mse, nrmse = mse_per_step(pred, true).mean(0), nrmse_per_step(pred, true).mean(0)
     out = {}
-    for h in default_horizons(true.shape[1] - 1):
-        out[f"{split}/rollout_mse/h{h}"] = float(mse[h])
-        out[f"{split}/rollout_nrmse/h{h}"] = float(nrmse[h])
+    for mode, prefix in (("physical", split), ("latent", f"{split}/latent")):
+        if mode == "latent" and not getattr(model, "absolute_decode", False):
+            continue
+        pred = norm.decode(rollout(model.eval(), norm.encode(true[:, 0], ndim), true.shape[1] - 1, mode=mode), ndim)
+        mse, nrmse = mse_per_step(pred, true).mean(0), nrmse_per_step(pred, true).mean(0)
+        for h in default_horizons(true.shape[1] - 1):
+            out[f"{prefix}/rollout_mse/h{h}"] = float(mse[h])
+            out[f"{prefix}/rollout_nrmse/h{h}"] = float(nrmse[h])
     return out
 
 

@@ -66,6 +66,7 @@ def run_name(cfg) -> str:
     """`ttc · arm · N5 · +proj`, `ttc · prm · N5 · beam2`: the settings that tell the demo's runs apart."""
     t = cfg.ttc
     parts = ["ttc", t.reward, f"N{t.branching}"] + ([f"beam{t.beam}"] if t.beam > 1 else [])
+    parts += ["latent"] if t.rollout == "latent" else []
     return " · ".join(parts + (["+proj"] if t.project_conservation else []))
 
 
@@ -95,7 +96,8 @@ class Rollouts:
         gen = torch.Generator(device=self.ctx.device).manual_seed(self.cfg.sampling.seed)
         reward = _reward(name, self.cfg, self.ctx, self.problem)
         return search(self.model, self.normalizer, self.problem, self.truth, reward, branching=t.branching, beam=t.beam,
-                      sampling_cfg=self.cfg.sampling, project=project, generator=gen, on_step=on_step)
+                      sampling_cfg=self.cfg.sampling, project=project, generator=gen, on_step=on_step,
+                      rollout=t.rollout)
 
     def reference(self, name: str, project: bool) -> dict:
         """A control rollout, evaluated; computed once per comparison across processes (see controls.py)."""
@@ -132,7 +134,7 @@ def _member_controls(r: Rollouts) -> dict:
     out = {}
     for i, member in enumerate(r.model.members[1:], start=1):
         res = search(member, r.normalizer, r.problem, r.truth, _reward("baseline", r.cfg, r.ctx, r.problem),
-                     sampling_cfg=r.cfg.sampling, project=r.cfg.ttc.project_conservation)
+                     sampling_cfg=r.cfg.sampling, project=r.cfg.ttc.project_conservation, rollout=r.cfg.ttc.rollout)
         out[f"member{i}"] = _evaluate(r.problem, r.truth, res.trajectory)
     return out
 
@@ -202,7 +204,7 @@ def ttc(cfg, ctx, run):
     t, r = cfg.ttc, _load(cfg, ctx)
     truth = r.truth
     run.tags({"ttclab.selector": t.reward, "ttclab.sampler": cfg.sampling.sampler, "ttclab.split": t.split,
-              "ttclab.projection": str(t.project_conservation).lower(),
+              "ttclab.projection": str(t.project_conservation).lower(), "ttclab.rollout": t.rollout,
               "ttclab.compare_key": comparison_key(cfg), "ttclab.variant": variant(cfg)})
     steps = truth.shape[1] - 1
     horizons = default_horizons(steps, t.horizons)

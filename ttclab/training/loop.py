@@ -13,7 +13,7 @@ import copy
 import math
 from contextlib import contextmanager
 from functools import partial
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Literal
 
@@ -25,6 +25,7 @@ from ..errors import UserError
 from ..models import checkpoint
 from ..models.checkpoint import CheckpointError
 from .losses import OPERATOR_LOSSES
+from .queries import QuerySamplingConfig
 from .ttc_training import TrainingTTC, TTCTrainingConfig
 
 # What a resumed run needs; best_epoch and stale are newer and default to 0 for older last.pt files.
@@ -221,6 +222,8 @@ class TrainConfig(TTCTrainingConfig):  # + the TTC-during-training keys (ttc_tra
     inverse_warmup_epochs: int = 0
     inverse_max_weight: float = 1.0
     inverse_frequency: int = 1
+    # loss=upt_inverse: decode at num_queries sampled cells per sample in training (queries.py)
+    query_sampling: QuerySamplingConfig = field(default_factory=QuerySamplingConfig)
 
     def validate(self):
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.unroll < 1:
@@ -232,6 +235,9 @@ class TrainConfig(TTCTrainingConfig):  # + the TTC-during-training keys (ttc_tra
             raise ValueError("need lambda_inv_enc, lambda_inv_dec, inverse_max_weight, inverse_warmup_epochs >= 0 "
                              "and inverse_frequency >= 1")
         self.validate_ttc()
+        if self.query_sampling.enabled and self.loss != "upt_inverse":
+            raise ValueError("query_sampling decodes at sampled cells inside loss=upt_inverse; set loss=upt_inverse "
+                             "(lambda_inv_enc=lambda_inv_dec=0 for the forward loss alone)")
         if self.loss_weighting == "reward" and self.loss != "unrolled_mse":
             raise ValueError("loss_weighting=reward weights the per-sample unrolled_mse; set loss=unrolled_mse")
         if self.target == "best_of_n" and (self.unroll != 1 or self.loss != "unrolled_mse"):

@@ -25,6 +25,7 @@ import torch
 
 from ..errors import UserError
 from ..registry import Registry
+from .queries import gather_cells, sample_queries
 
 OPERATOR_LOSSES: Registry = Registry("operator loss")
 PRM_LOSSES: Registry = Registry("PRM loss")
@@ -70,8 +71,8 @@ def upt_inverse(model, batch: dict, cfg, problem=None) -> dict[str, torch.Tensor
     """UPT's forward loss plus its inverse encoding/decoding losses (Alkin et al. 2024), for a latent
     operator whose decode(z, u) reads only u's grid (`absolute_decode`: UPT, not FNO's residual decode). batch u0 (B, C, *X), targets (B, K, C, *X)[, epoch, batch_index]:
 
-        L_forward = mean_k MSE(D(A^k(E(u0))), u_k)     K latent steps (train.unroll), decoded densely
-        L_inv_enc = MSE(D(E(u0)), u0)                  the decoder inverts the encoder on the input
+        L_forward = mean_k MSE(D(A^k(E(u0)))(q), u_k(q))  K latent steps (train.unroll), at the cells q
+        L_inv_enc = MSE(D(E(u0))(q), u0(q))            the decoder inverts the encoder on the input
         L_inv_dec = MSE(E(D(z1)), sg(z1)), z1 = A(E(u0))  the encoder inverts the decoder on the prediction
         loss      = L_forward + w_enc L_inv_enc + w_dec L_inv_dec
 
@@ -81,28 +82,44 @@ def upt_inverse(model, batch: dict, cfg, problem=None) -> dict[str, torch.Tensor
     log, without gradient. Unlike the official code (ml-jku/UPT: the previous frame reconstructed from
     the detached latent, weight 1 throughout) the encoder's latent is not detached, so L_inv_enc
     trains encoder and decoder together, and the weights follow the curriculum above.
-    inv_weight logs the larger of w_enc, w_dec."""
-    if not getattr(model, "absolute_decode", False):  # FNO's decode is u + P(h): D(E(u)) = u would be trivial
+    q is every cell, or with train.query_sampling.enabled (training batches only; validation decodes
+    densely) a fresh sample of num_queries cells per batch (queries.py). L_inv_dec takes no query
+    sampling: the encoder reads a full grid. inv_weight logs the larger of w_enc, w_dec."""
+    if not model.absolute_decode:  # FNO's decode is u + P(h): D(E(u)) = u would be trivial
         raise LossError(f"train.loss=upt_inverse needs an operator that decodes fields from its latent alone "
                         f"(model.type=upt), not {type(model).__name__}; set model.type=upt or train.loss=unrolled_mse")
     u0, targets = batch["u0"], batch["targets"]
+    training = "epoch" in batch
+    decode, at = _decoder(model, u0, cfg.query_sampling if training else None)
     z0 = model.encode(u0)
     z, forward = z0, 0.0
     for k in range(targets.shape[1]):
         z = model.step(z)
         z1 = z if k == 0 else z1
-        forward = forward + torch.mean((model.decode(z, u0) - targets[:, k]) ** 2)
-    training = "epoch" in batch and batch.get("batch_index", 0) % cfg.inverse_frequency == 0
+        forward = forward + torch.mean((decode(z) - at(targets[:, k])) ** 2)
+    training = training and batch.get("batch_index", 0) % cfg.inverse_frequency == 0
     w = {name: inverse_weight(lam, batch["epoch"], cfg.inverse_warmup_epochs, cfg.inverse_max_weight)
          if training else 0.0 for name, lam in (("enc", cfg.lambda_inv_enc), ("dec", cfg.lambda_inv_dec))}
     with torch.enable_grad() if w["enc"] > 0 else torch.no_grad():
-        inv_enc = torch.mean((model.decode(z0, u0) - u0) ** 2)
+        inv_enc = torch.mean((decode(z0) - at(u0)) ** 2)
     with torch.enable_grad() if w["dec"] > 0 else torch.no_grad():
         inv_dec = torch.mean((model.encode(model.decode(z1, u0)) - z1.detach()) ** 2)
     forward = forward / targets.shape[1]
     return {"loss": forward + w["enc"] * inv_enc + w["dec"] * inv_dec, "L_forward": forward,
             "L_inv_enc": inv_enc, "L_inv_dec": inv_dec,
             "inv_weight": torch.tensor(max(w.values()))}
+
+
+def _decoder(model, u0: torch.Tensor, qs):
+    """-> (decode z -> fields, at u -> the same points of a true field): dense on u0's grid, or at
+    train.query_sampling's cells (drawn once per batch, shared by every step and L_inv_enc)."""
+    if qs is None or not qs.enabled:
+        return (lambda z: model.decode(z, u0)), (lambda u: u)
+    if not hasattr(model, "decode_cells"):
+        raise LossError(f"train.query_sampling needs an any-point decoder (model.type=upt), not "
+                        f"{type(model).__name__}; set train.query_sampling.enabled=false")
+    idx = sample_queries(qs, u0.shape[0], u0[0, 0].numel(), u0.device)
+    return (lambda z: model.decode_cells(z, u0, idx)), (lambda u: gather_cells(u, idx))
 
 
 def triplet_margin_loss(scores: torch.Tensor, margin: float) -> torch.Tensor:
@@ -159,7 +176,7 @@ def iterate_costs(problem, x0: torch.Tensor, target: torch.Tensor, controls: lis
     return problem.cost(problem.rollout(x, U), U, g).view(K1, len(x0)).T
 
 
-def process_loss(costs: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+def process_loss(costs: torch.Tensor, scale: torch.Tensor, floor: torch.Tensor | None = None) -> torch.Tensor:
     """costs (B, K+1) >= 0; scale: a positive scalar or (B,) that must not depend on the model
     (e.g. the teacher's costs) -> scalar
 
@@ -170,7 +187,10 @@ def process_loss(costs: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     model's own c_0, so making the first guess worse lowered its loss. Here the scale comes from
     the data, and the coefficient of each c_k is >= 0 wherever the loss is differentiable (c_0:
     1 - [c_1 > c_0]; c_k: 1 + [c_k > c_{k-1}] - [c_{k+1} > c_k]), so P is non-decreasing in c_0: a
-    worse first guess never lowers it."""
+    worse first guess never lowers it. With `floor` (B,) (trc.process_floor: teacher) every c_k is first
+    replaced by its excess relu(c_k - floor_b), so the term stops paying once at the teacher's cost."""
+    if floor is not None:
+        costs = torch.relu(costs - floor.detach()[:, None])
     K1 = costs.shape[1]
     steps = costs[:, 1:] + torch.relu(costs[:, 1:] - costs[:, :-1])
     total = costs[:, 0] + steps.sum(1)
@@ -184,19 +204,37 @@ def value_loss(values: torch.Tensor, costs: torch.Tensor) -> torch.Tensor:
     return torch.mean((values - torch.log1p(costs.detach())) ** 2)
 
 
+def halt_loss(gains: torch.Tensor, costs: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """gains (B, K+1) predicted after each iterate, costs (B, K+1), scale a data-only positive scalar s ->
+    MSE of gains[:, k] to the realized gain of the next cycle, log(1 + c_k/s) - log(1 + c_{k+1}/s) for
+    k < K (the last iterate has no next cycle). A Q-style target from the differentiable simulation,
+    detached: the halting head learns when refinement pays, it does not steer the controls. Near the
+    teacher's cost it is (c_k - c_{k+1}) / s; the log keeps early training's huge gains bounded (as raw
+    differences they made this term ~1e3, whose gradient then took the whole clipping budget)."""
+    log_cost = torch.log1p(costs.detach() / scale)
+    realized = log_cost[:, :-1] - log_cost[:, 1:]
+    return torch.mean((gains[:, :-1] - realized.detach()) ** 2)
+
+
 def _controller_terms(model, batch: dict, cfg, problem, process: bool) -> dict[str, torch.Tensor]:
-    """batch x0, target (B, n), controls (B, T, m) the teacher's, teacher_cost (B,) ->
-    {"loss": bc + process_weight * process + value_weight * value, and each term}."""
+    """batch x0, target (B, n), controls (B, T, m) the teacher's, teacher_cost (B,) -> {"loss":
+    bc_weight * bc + process_weight * process + value_weight * value + halt_weight * halt, and each term}
+    (halt only for act controllers, whose outputs carry gains)."""
     out = model(batch["x0"], batch["target"])
     terms = {"bc": bc_loss(out.controls[-1], batch["controls"], problem.cfg.u_max)}
-    if process or cfg.value_weight > 0:
+    halting = out.gains is not None and cfg.halt_weight > 0
+    if process or cfg.value_weight > 0 or halting:
         with torch.enable_grad() if process else torch.no_grad():
             costs = iterate_costs(problem, batch["x0"], batch["target"], out.controls)
         if process:
-            terms["process"] = process_loss(costs, batch["teacher_cost"].mean())
+            floor = batch["teacher_cost"] if cfg.process_floor == "teacher" else None
+            terms["process"] = process_loss(costs, batch["teacher_cost"].mean(), floor)
         if cfg.value_weight > 0:
             terms["value"] = value_loss(out.values, costs)
-    weights = {"bc": 1.0, "process": cfg.process_weight, "value": cfg.value_weight}
+        if halting:
+            terms["halt"] = halt_loss(out.gains, costs, batch["teacher_cost"].mean())
+    weights = {"bc": cfg.bc_weight, "process": cfg.process_weight, "value": cfg.value_weight,
+               "halt": cfg.halt_weight}
     return {"loss": sum(weights[k] * v for k, v in terms.items()), **terms}
 
 

@@ -18,6 +18,7 @@ import torch
 
 from ..rewards import REWARDS, Reward, selector_names
 from . import steps
+from .rollout import ROLLOUTS, check_latent
 
 
 @dataclass
@@ -29,12 +30,15 @@ class TTCConfig:
     split: str = "test"  # val while tuning, test for reported numbers
     n_ics: int = 0  # 0 = every IC of the split
     horizons: tuple[int, ...] = (1, 4, 16)  # plus the final step
+    rollout: str = "physical"  # physical: re-encode fields every step; latent: step the latent (UPT only)
 
     def validate(self):
         if self.reward not in REWARDS:
             raise ValueError(f"unknown reward {self.reward!r}; valid: {', '.join(selector_names())}")
         if self.branching < 1 or self.beam < 1 or self.n_ics < 0 or any(h < 1 for h in self.horizons):
             raise ValueError("need branching >= 1, beam >= 1, n_ics >= 0 and horizons >= 1")
+        if self.rollout not in ROLLOUTS:
+            raise ValueError(f"rollout must be one of {', '.join(ROLLOUTS)}, got {self.rollout!r}")
         if self.split not in ("train", "val", "test"):
             raise ValueError("split must be train, val or test")
 
@@ -55,8 +59,10 @@ class SearchResult:
 
 @torch.no_grad()
 def search(model, normalizer, problem, truth: torch.Tensor, reward: Reward, *, branching: int = 1, beam: int = 1,
-           sampling_cfg=None, project: bool = False, generator=None, on_step=None) -> SearchResult:
-    """truth (B, T+1, C, *X) physical; returns `reward`'s rollout from truth[:, 0].
+           sampling_cfg=None, project: bool = False, generator=None, on_step=None,
+           rollout: str = "physical") -> SearchResult:
+    """truth (B, T+1, C, *X) physical; returns `reward`'s rollout from truth[:, 0], `rollout` physical
+    (fields are the state) or latent (ttc/rollout.py: encoded once, candidates step the kept latents).
     `on_step(t, state (B, C, *X))`, if given, sees the best kept state after every step t = 1..T
     (lets a sweep prune a trial mid-rollout)."""
     start = time.perf_counter()
@@ -66,12 +72,16 @@ def search(model, normalizer, problem, truth: torch.Tensor, reward: Reward, *, b
     keep = steps.KEEP[reward.aggregate]
     correct = steps.Corrector(problem, normalizer, problem.conserved(truth[:, 0]) if project else None)
     frames, parents = [normalizer.encode(truth[:, 0], nd).unsqueeze(1)], []
+    if rollout == "latent":
+        check_latent(model)
+    z = model.encode(frames[0][:, 0]) if rollout == "latent" else None  # rows (R, *L), latent rollouts only
     cum = truth.new_zeros(b, 1)
     out = SearchResult(trajectory=truth)
     for t in range(n_steps):
         ic = torch.arange(b, device=truth.device).repeat_interleave(frames[-1].shape[1])  # IC of each row
         x = frames[-1].flatten(0, 1)  # (R, C, *X)
-        cand_n, cand = correct(steps.propose(model, x, n, reward, sampling_cfg, generator), ic)
+        cand_n, cand_z = steps.propose(model, x, z, n, reward, sampling_cfg, generator)
+        cand_n, cand = correct(cand_n, ic)
         out.model_evals += x.shape[0] * n
         valid, scores = steps.finite(cand), None
         if reward.aggregate is None:
@@ -82,10 +92,12 @@ def search(model, normalizer, problem, truth: torch.Tensor, reward: Reward, *, b
             steps.record(out, scores, cand, step_truth, valid, terms)
         rows = steps.guard(scores, valid, reward)
         if rows.any():
-            cand_n, valid, scores = steps.fall_back(model, correct, x, ic, rows, cand_n, valid, scores, b)
+            cand_n, cand_z, valid, scores = steps.fall_back(model, correct, x, z, ic, rows, cand_n, cand_z, valid,
+                                                            scores, b)
             out.model_evals += int(rows.sum())
             out.fallbacks += int(rows.sum())
-        kept, parent, cum = keep(cand_n, valid, scores, cum, b, k)
+        kept, parent, cum, slot = keep(cand_n, valid, scores, cum, b, k)
+        z = steps.carry(model, kept, cand_z, None if project else slot)  # a projected state is re-encoded
         frames.append(kept)
         parents.append(parent)
         if on_step is not None:

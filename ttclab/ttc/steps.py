@@ -1,10 +1,11 @@
 """The parts of one search step, composed in this order by `ttc.search.search`:
 
-    propose -> correct -> guard -> score -> fall back -> keep -> record
+    propose -> correct -> guard -> score -> fall back -> keep -> record -> carry
 
 They work on rows: one row per (IC, kept trajectory), R = B * K rows of N candidates each. States
 are normalized between steps (like the plain rollout); rewards and the corrector see physical
-units. A new candidate source is a new `propose`, a new corrector a new `Corrector`, a new way to
+units. In a latent rollout (ttc.rollout=latent) each row also carries its latent z, which
+`propose` steps and `carry` hands on; physical rollouts carry None. A new candidate source is a new `propose`, a new corrector a new `Corrector`, a new way to
 keep states a new keep function chosen by the reward's `aggregate` capability (rewards/__init__.py).
 """
 
@@ -15,12 +16,39 @@ import torch
 from .. import sampling
 
 
-def propose(model, x: torch.Tensor, n: int, reward, sampling_cfg, generator) -> torch.Tensor:
-    """Kept states x (R, C, *X) -> candidates (R, N, C, *X), normalized; one batched forward pass.
-    A deterministic selector (the baseline) proposes the operator's own step, N = 1."""
+def deterministic(model, x: torch.Tensor, z: torch.Tensor | None):
+    """The operator's own step of rows x (R, C, *X): ((R, 1, C, *X), None), or in a latent rollout from
+    their latents z (R, *L): (D(A(z)) (R, 1, C, *X), A(z) (R, 1, *L))."""
+    if z is None:
+        return model(x).unsqueeze(1), None
+    z = model.step(z)
+    return model.decode(z, x).unsqueeze(1), z.unsqueeze(1)
+
+
+def propose(model, x: torch.Tensor, z: torch.Tensor | None, n: int, reward, sampling_cfg, generator):
+    """Kept states x (R, C, *X) [latents z (R, *L)] -> (candidates (R, N, C, *X) normalized, their
+    latents (R, N, *L) or None); one batched pass. Physical (z None): the operator reads the fields;
+    latent: it steps z (ttc/rollout.py). A deterministic selector (the baseline) proposes the
+    operator's own step, N = 1."""
     if reward.deterministic:
-        return model(x).unsqueeze(1)
-    return sampling.candidates(model, x, n, sampling_cfg, generator)
+        return deterministic(model, x, z)
+    if z is None:
+        return sampling.candidates(model, x, n, sampling_cfg, generator), None
+    z_next, cand = sampling.latent_candidates(model, z, x, n, sampling_cfg, generator)
+    return cand, z_next
+
+
+def carry(model, kept: torch.Tensor, cand_z: torch.Tensor | None, slot: torch.Tensor | None) -> torch.Tensor | None:
+    """The latents of the kept states (B, K, C, *X) for the next step of a latent rollout, rows (B*K, *L):
+    the kept candidates' own latents (cand_z (R, N, *L) at `slot` (B, K) of each IC's K*N), or, when
+    a kept state is not a decoded candidate (projected, or an ensemble mean: slot None), E(kept).
+    None in a physical rollout."""
+    if cand_z is None:
+        return None
+    if slot is None:
+        return model.encode(kept.flatten(0, 1))
+    b = kept.shape[0]
+    return take(cand_z.reshape(b, -1, *cand_z.shape[2:]), slot).flatten(0, 1)
 
 
 class Corrector:
@@ -83,11 +111,16 @@ def neutral(scores: torch.Tensor, valid: torch.Tensor, ic: torch.Tensor, b: int)
     return torch.where(count > 0, s / count.clamp_min(1), ic_s / ic_count.clamp_min(1))
 
 
-def fall_back(model, correct, x, ic, rows, cand_n, valid, scores, b):
+def fall_back(model, correct, x, z, ic, rows, cand_n, cand_z, valid, scores, b):
     """Replace the candidates of fallback `rows` by the deterministic step (corrected like the
-    candidates) in slot 0, the only valid slot of the row, scored `neutral` (-inf elsewhere): it
-    competes in the beam as one candidate, not as N copies. -> (cand_n, valid, scores)."""
-    det_n, _ = correct(model(x[rows]).unsqueeze(1), ic[rows])
+    candidates; its latent too in a latent rollout) in slot 0, the only valid slot of the row, scored
+    `neutral` (-inf elsewhere): it competes in the beam as one candidate, not as N copies.
+    -> (cand_n, cand_z, valid, scores)."""
+    det, det_z = deterministic(model, x[rows], None if z is None else z[rows])
+    det_n, _ = correct(det, ic[rows])
+    if det_z is not None:
+        cand_z = cand_z.clone()
+        cand_z[rows, 0] = det_z[:, 0]
     if scores is not None:
         fill = neutral(scores, valid, ic, b)[rows]
         scores = scores.clone()
@@ -97,7 +130,7 @@ def fall_back(model, correct, x, ic, rows, cand_n, valid, scores, b):
     cand_n[rows, 0] = det_n[:, 0]
     valid[rows] = False
     valid[rows, 0] = True
-    return cand_n, valid, scores
+    return cand_n, cand_z, valid, scores
 
 
 def take(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -107,25 +140,27 @@ def take(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 
 def keep_mean(cand_n, valid, scores, cum, b, k):
     """aggregate="mean" (ensemble; the baseline's single candidate is its own mean, exactly): one
-    kept state per IC, the mean of its valid candidates. -> (kept (B, 1, ...), parent, cum)."""
+    kept state per IC, the mean of its valid candidates. -> (kept (B, 1, ...), parent, cum, slot):
+    slot 0 when N = 1 (the kept state is that candidate), else None (a mean is no candidate)."""
     w = valid.to(cand_n.dtype).view(*valid.shape, *[1] * (cand_n.ndim - 2))
     mean = (torch.nan_to_num(cand_n) * w).sum(1) / w.sum(1).clamp_min(1.0)
     zeros = torch.zeros(b, 1, dtype=torch.long, device=cand_n.device)
-    return mean.view(b, 1, *mean.shape[1:]), zeros, cum
+    return mean.view(b, 1, *mean.shape[1:]), zeros, cum, zeros if cand_n.shape[1] == 1 else None
 
 
 def keep_top(cand_n, valid, scores, cum, b, k):
     """Per IC the k candidates of best cumulative score over all its rows (k = 1: greedy).
     topk sorts descending, so kept state 0 is always the IC's best (finite: a fallback row has a
     valid slot). When fewer than k are valid the beam repeats its best instead of keeping -inf
-    (invalid) states: the copies explore it with fresh noise. -> (kept, parent row, cum)."""
+    (invalid) states: the copies explore it with fresh noise. -> (kept, parent row, cum, slot: the
+    kept candidates' positions among each IC's rows x N)."""
     kc, n = cum.shape[1], cand_n.shape[1]
     total = (cum.reshape(-1, 1) + scores).view(b, kc * n)
     top = total.topk(min(k, kc * n), dim=1)
     dead = top.values == -torch.inf
     idx = torch.where(dead, top.indices[:, :1], top.indices)
     kept = take(cand_n.view(b, kc * n, *cand_n.shape[2:]), idx)
-    return kept, idx // n, torch.where(dead, top.values[:, :1], top.values)
+    return kept, idx // n, torch.where(dead, top.values[:, :1], top.values), idx
 
 
 KEEP = {"mean": keep_mean, None: keep_top}
