@@ -98,7 +98,9 @@ class RandomPick(Reward):
         self.generator = generator
 
     def score(self, candidates, prev, truth=None):
-        return torch.rand(candidates.shape[:2], generator=self.generator).to(candidates.device)
+        # drawn where the candidates are (a CPU draw copied over would stall a GPU search every step);
+        # the generator must live on that device (stages/ttc.py seeds it on ctx.device)
+        return torch.rand(candidates.shape[:2], generator=self.generator, device=candidates.device)
 
 
 @register("ensemble")

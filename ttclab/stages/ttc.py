@@ -37,7 +37,7 @@ def _reward(name, cfg, ctx, problem):
     """Selector `name` with every dependency a reward may take. The PRM gets `problem` too, so a PRM
     trained on another problem is refused; only the PRM reads its checkpoint (an upstream input)."""
     deps = {"problem": problem, "arm": cfg.arm, "device": ctx.device,
-            "generator": torch.Generator().manual_seed(cfg.sampling.seed + 1)}
+            "generator": torch.Generator(device=ctx.device).manual_seed(cfg.sampling.seed + 1)}
     if name == "prm":
         deps["prm_path"] = ctx.input("prm", cfg)
     return make_reward(name, **deps)

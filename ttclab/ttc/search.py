@@ -91,17 +91,18 @@ def search(model, normalizer, problem, truth: torch.Tensor, reward: Reward, *, b
             out.model_evals += reward.operator_evals_per_state * x.shape[0]  # e.g. the PRM's anchor
             steps.record(out, scores, cand, step_truth, valid, terms)
         rows = steps.guard(scores, valid, reward)
-        if rows.any():
+        if rows.any():  # the one host sync per step: x[rows] needs the count
             cand_n, cand_z, valid, scores = steps.fall_back(model, correct, x, z, ic, rows, cand_n, cand_z, valid,
                                                             scores, b)
-            out.model_evals += int(rows.sum())
-            out.fallbacks += int(rows.sum())
+            out.model_evals += rows.sum()
+            out.fallbacks += rows.sum()
         kept, parent, cum, slot = keep(cand_n, valid, scores, cum, b, k)
         z = steps.carry(model, kept, cand_z, None if project else slot)  # a projected state is re-encoded
         frames.append(kept)
         parents.append(parent)
         if on_step is not None:
             on_step(t + 1, normalizer.decode(kept[:, 0], nd))
+    steps.finish(out)
     out.trajectory = normalizer.decode(steps.backtrack(frames, parents), nd)
     out.projection_refused = int(correct.counts.get("refused", 0))
     out.projection_partial = int(correct.counts.get("partial", 0))

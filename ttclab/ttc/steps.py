@@ -180,16 +180,26 @@ def backtrack(frames: list[torch.Tensor], parents: list[torch.Tensor]) -> torch.
 
 def record(out, scores, cand, truth, valid, terms) -> None:
     """Diagnostics of one scored step: the scores and the candidates' true MSE of fully valid rows
-    (rank metrics), and per reward term its value at the pick and its candidate mean."""
+    (rank metrics), and per reward term its value at the pick and its candidate mean.
+    Everything stays on the search's device (no per-step host sync: a boolean index or float() would
+    wait for the device); `finish` filters and moves it once, after the last step."""
     errors = ((cand - truth.unsqueeze(1)) ** 2).flatten(2).mean(dim=2)
-    full = valid.all(dim=1)
-    out.scores.append(scores[full].cpu())
-    out.errors.append(errors[full].cpu())
+    out.scores.append((scores, valid.all(dim=1)))
+    out.errors.append(errors)
     if terms is None:
         return
     pick = scores.argmax(dim=1, keepdim=True)
     for name, value in terms.items():
         acc = out.terms.setdefault(name, [0.0, 0.0, 0])
-        acc[0] += float(value.gather(1, pick).mean())
-        acc[1] += float(value.mean())
+        acc[0] = acc[0] + value.gather(1, pick).mean()
+        acc[1] = acc[1] + value.mean()
         acc[2] += 1
+
+
+def finish(out) -> None:
+    """After the last step: `record`'s device tensors -> per step CPU (rows, N) scores and errors of the
+    fully valid rows, reward terms and counters as Python numbers."""
+    pairs = [(sc[full].cpu(), err[full].cpu()) for (sc, full), err in zip(out.scores, out.errors)]
+    out.scores, out.errors = [p[0] for p in pairs], [p[1] for p in pairs]
+    out.terms = {name: [float(chosen), float(mean), count] for name, (chosen, mean, count) in out.terms.items()}
+    out.model_evals, out.fallbacks = int(out.model_evals), int(out.fallbacks)
