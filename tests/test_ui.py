@@ -25,12 +25,14 @@ def store(tmp_path_factory, tracking_store_in, tiny_project):
         ctx = Context(tracker, progress=False)
         ids = {"arm": ctx.run("ttc", tiny(tiny_project, "ttc.reward=arm", "ttc.project_conservation=true"))[0]}
         ids["baseline"] = ctx.run("ttc", cfg)[0]
+        ids["prm"] = ctx.run("ttc", tiny(tiny_project, "ttc.reward=prm"))[0]  # trains a tiny PRM first
         ids["compare"] = ctx.run("compare", cfg)[0]
         yield tracker, cfg, ids
 
 
 def tiny(tiny_project, *sets):
-    return tiny_project("euler1d", "train.epochs=1", "ttc.branching=3", *sets)
+    return tiny_project("euler1d", "train.epochs=1", "ttc.branching=3", "triplets.k=4", "triplets.fraction=0.5",
+                        "prm.width=8", "prm.layers=2", "prm.epochs=1", "prm.set_size=3", *sets)
 
 
 def name(tracker, run_id):
@@ -85,7 +87,7 @@ def test_operator_is_registered_and_resolves_through_an_alias(store):
 def test_compare_names_its_runs_and_says_how_it_chose_among_them(store):
     tracker, cfg, ids = store
     tags = tracker.run_info(ids["compare"]).data.tags
-    assert set(tags["ttclab.compared_runs"].split(",")) == {ids["arm"], ids["baseline"]}
+    assert set(tags["ttclab.compared_runs"].split(",")) == {ids["arm"], ids["baseline"], ids["prm"]}
     table = (tracker.artifact_dir(ids["compare"]) / "compare.md").read_text()
     assert "ttc · arm · N3 · +proj" in table and "ttc · baseline · N3" in table
     # A second baseline run under another parent: compare keeps the newest and says what differs.
@@ -127,14 +129,15 @@ def test_compare_html_has_one_trace_per_run_and_loads_plotly_from_the_run(store)
     assert '<script charset="utf-8" src="plotly.min.js">' in html and (art / "plotly.min.js").stat().st_size > 1e6
     assert not re.findall(r'src="(?:https?:)?//', html)  # no external script: renders offline
     data = json.loads(re.search(r"Plotly\.newPlot\(\s*\"[^\"]+\",\s*(\[.*?\]),\s*\{", html, re.S)[1])
-    names = {"ttc · arm · N3 · +proj", "ttc · baseline · N3"}
+    names = {"ttc · arm · N3 · +proj", "ttc · baseline · N3", "ttc · prm · N3"}
     mse = [t for t in data if t.get("xaxis") in (None, "x") and t["type"] == "scatter"]
-    assert {t["name"] for t in mse} == names and len(mse) == 2
+    assert {t["name"] for t in mse} == names and len(mse) == 3
     assert all(min(t["x"]) >= 1 for t in mse)  # no step 0 on the log axis
     boxes = [t for t in data if t["type"] == "box"]
     assert {t["name"] for t in boxes} == names
     colour = {t["name"]: t["marker"]["color"] for t in boxes}
-    assert all(t["marker"]["color"] == colour[t["name"]] for t in data if t["type"] == "scatter")
+    runs = [t for t in data if t["type"] == "scatter" and t["name"] in names]  # not the grey reference lines
+    assert all(t["marker"]["color"] == colour[t["name"]] for t in runs)
     # Every figure of a ttc run shares one plotly.js: only figures/ holds a copy.
     ttc_art = tracker.artifact_dir(ids["arm"])
     assert [p.parent.name for p in ttc_art.rglob("plotly.min.js")] == ["figures"]
@@ -186,3 +189,61 @@ def test_compare_lists_the_run_of_every_candidate_seed_in_a_row(store, tiny_proj
     rows = {name: seeds for name, _, _, seeds in compare_stage.collect(tracker, cfg)}
     # The baseline row aggregates seeds 0 and 1: both runs are listed (the newest per seed), the ARM row has one.
     assert seed1 in rows["baseline"] and len(rows["baseline"]) == 2 and rows["arm+proj"] == [ids["arm"]]
+
+
+def test_compare_html_shows_the_reliability_of_the_prm_a_row_used(store):
+    tracker, _, ids = store
+    (prm,) = tracker.runs({"ttclab.stage": "train_prm"})
+    calib = json.loads((tracker.artifact_dir(prm.info.run_id) / "prm_calibration.json").read_text())
+    assert calib["ece"] == pytest.approx(prm.data.metrics["prm/ece"])  # the buckets behind the logged ECE
+    assert sum(calib["count"]) > 0 and all(0 <= q <= 1 for q in calib["q_mean"] + calib["goodness"])
+    data = plotly_traces(tracker.artifact_dir(ids["compare"]) / "figures" / "compare.html")
+    scatter = [t for t in data if t["type"] == "scatter" and t.get("text")]
+    (panel,) = [t for t in scatter if any("ECE" in h for h in t["text"])]  # only the PRM row has one
+    assert panel["name"] == "ttc · prm · N3" and prm.info.run_name in panel["text"][0]
+    assert xs(panel) == pytest.approx(calib["q_mean"]) and panel["xaxis"] != "x"
+    refs = [t for t in data if t.get("name") in ("perfect ranker", "random scorer")]
+    assert {t["xaxis"] for t in refs} == {panel["xaxis"]}
+
+
+def compare_table(tracker, run_id) -> dict[str, dict[str, str]]:
+    """compare.md as {row: {column: cell}}."""
+    lines = (tracker.artifact_dir(run_id) / "compare.md").read_text().splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    rows = [dict(zip(header, (c.strip() for c in line.strip("|").split("|")))) for line in lines[2:] if line.startswith("|")]
+    return {r["selector"]: r for r in rows}
+
+
+def test_compare_shows_the_wall_time_and_peak_memory_of_each_run(store):
+    tracker, _, ids = store
+    table = compare_table(tracker, ids["compare"])
+    for row, run_id in (("arm+proj", ids["arm"]), ("baseline", ids["baseline"]), ("prm", ids["prm"])):
+        run = tracker.run_info(run_id)
+        assert float(table[row]["run s"]) == pytest.approx((run.info.end_time - run.info.start_time) / 1000, abs=0.05)
+        assert float(table[row]["run s"]) >= float(table[row]["wall s"])  # the search is part of the run
+        peak = run.data.metrics["cost/peak_rss_mb"]
+        assert table[row]["peak RSS MB"] == f"{peak:.0f}" and peak > 50  # torch alone keeps > 50 MB resident
+
+
+def test_peak_memory_of_nested_blocks():
+    from ttclab.process import peak_memory
+
+    with peak_memory() as outer:
+        with peak_memory() as big:
+            block = np.ones(96 * 2**20 // 8)  # 96 MB, touched
+            del block
+        with peak_memory() as small:
+            block = np.ones(8 * 2**20 // 8)
+            del block
+    assert big.mb - small.mb > 60  # each block has its own high-water mark ...
+    assert outer.mb >= big.mb  # ... and the enclosing one includes its blocks'
+
+
+def test_registered_versions_fill_the_runs_tables_models_column(store):
+    """The UI's Models column lists the versions `search_model_versions("run_id IN (...)")` returns,
+    matched to the run's artifacts by their path (model/)."""
+    tracker, cfg, _ = store
+    for stage, kind in (("train", "operator"), ("train_prm", "prm")):
+        run = tracker.runs({"ttclab.stage": stage})[-1]
+        (version,) = tracker.client.search_model_versions(f"run_id IN ('{run.info.run_id}')")
+        assert version.name == f"ttclab-{cfg.name}-{kind}" and version.source.endswith(f"{run.info.run_id}/artifacts/model")

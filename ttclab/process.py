@@ -108,3 +108,50 @@ def run_forwarding(cmd: list[str], grace_s: float = 10.0) -> int:
         for s, h in previous.items():
             signal.signal(s, h)
     return 128 + got[0][0] if got else code
+
+
+class Peak:
+    """The peak resident memory (MB) of this process inside one `peak_memory()` block."""
+
+    mb: float = 0.0
+
+
+_OPEN_PEAKS: list[Peak] = []  # the open peak_memory blocks, outermost first
+
+
+def _high_water_mb() -> float:
+    """VmHWM, the process's peak resident set since it started or was last reset (Linux); elsewhere
+    the lifetime peak from getrusage (KB on Linux, bytes on macOS)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        import resource
+        import sys
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
+
+@contextmanager
+def peak_memory():
+    """Yields a `Peak` holding, once the block ends, this process's peak resident memory during it.
+    Linux keeps one high-water mark per process; entering hands the mark so far to the enclosing
+    blocks and resets it (`/proc/self/clear_refs` = 5, Linux >= 4.0), so a run nested in another
+    (an upstream stage run on demand) gets its own peak and the outer one still includes it. Where
+    the mark cannot be reset, the peak is the process's peak so far: an upper bound."""
+    mark = _high_water_mb()
+    for outer in _OPEN_PEAKS:
+        outer.mb = max(outer.mb, mark)
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+    peak = Peak()
+    _OPEN_PEAKS.append(peak)
+    try:
+        yield peak
+    finally:
+        _OPEN_PEAKS.remove(peak)
+        peak.mb = max(peak.mb, _high_water_mb())

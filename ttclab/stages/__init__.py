@@ -30,6 +30,7 @@ import torch
 
 from ..config import ConfigError
 from ..problems import physics_tags
+from ..process import peak_memory
 from ..registry import Registry
 from ..training import distributed
 
@@ -170,8 +171,9 @@ class Context:
         watched = st.system_metrics or "ttclab.trial" in run_tags
         with self.tracker.start(cfg.name, name, params=params, tags=run_tags, parent=self.parent,
                                 name=st.name_for(cfg, run_tags)) as run:
-            with self.tracker.system_metrics(run.id) if watched else nullcontext():
+            with self.tracker.system_metrics(run.id) if watched else nullcontext(), peak_memory() as peak:
                 outputs = st.fn(cfg, replace(self, stage=name, current=run), run) or {}
+            run.log({"cost/peak_rss_mb": peak.mb})  # this process's peak resident memory during the run
             if st.registers is not None:
                 version = self.tracker.register(cfg.name, st.registers, run.id)
                 run.tags({"ttclab.model_version": f"ttclab-{cfg.name}-{st.registers}/{version}"})

@@ -10,6 +10,7 @@ from . import Input
 DATA_ARTIFACT = "data"
 OPERATOR_ARTIFACT = "model/operator.pt"
 PRM_ARTIFACT = "model/prm.pt"
+CALIBRATION_ARTIFACT = "prm_calibration.json"  # train_prm's held-out reliability buckets (metrics.prm.calibration)
 TRIPLETS_ARTIFACT = "prm/triplets.h5"
 
 # An explicit data.path replaces the generated data set, so only configs without one read it.

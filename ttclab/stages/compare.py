@@ -4,13 +4,16 @@ that share one comparison key (same data, operator, sampler, N, K, split)."""
 from __future__ import annotations
 
 import csv
+import json
 import re
+from dataclasses import replace
 
 import numpy as np
 
 from ..config import ConfigError
 from ..tracking.compare_figures import Series, dashboard
-from . import stage
+from . import STAGES, stage
+from .common import CALIBRATION_ARTIFACT
 from ..rewards import selector_names
 from .ttc import comparison_key
 
@@ -35,6 +38,15 @@ def aggregate(per_seed: list[dict]) -> dict:
     return out
 
 
+def _metrics(run) -> dict:
+    """A run's metrics plus `cost/run_s`, its whole wall time from MLflow's start and end (controls
+    included; `cost/wall_s` is the selector's search alone)."""
+    m = dict(run.data.metrics)
+    if run.info.end_time and run.info.start_time:
+        m["cost/run_s"] = (run.info.end_time - run.info.start_time) / 1000
+    return m
+
+
 def collect(tracker, cfg) -> list[tuple[str, str, dict, list[str]]]:
     """[(row name, newest run id, metrics aggregated over candidate seeds, the run id of every seed)]
     in the selectors' rank order (rewards/__init__.py; projection rows after); per row and seed the
@@ -43,17 +55,18 @@ def collect(tracker, cfg) -> list[tuple[str, str, dict, list[str]]]:
                          "ttclab.compare_key": comparison_key(cfg)}, status="FINISHED")
     newest: dict[str, dict[str, tuple[str, dict]]] = {}
     for r in runs:  # newest first
-        newest.setdefault(_row_name(r.data.tags), {}).setdefault(_seed(r), (r.info.run_id, dict(r.data.metrics)))
+        newest.setdefault(_row_name(r.data.tags), {}).setdefault(_seed(r), (r.info.run_id, _metrics(r)))
     rank = {name: i for i, name in enumerate(selector_names())}
     keys = sorted(newest, key=lambda n: (n.endswith("+proj"), rank.get(n.split("+")[0], 99)))
     return [(k, next(iter(newest[k].values()))[0], aggregate([m for _, m in newest[k].values()]),
              [r for r, _ in newest[k].values()]) for k in keys]
 
 
-def series(tracker, rows, names: dict[str, str]) -> list[Series]:
-    """The dashboard's data of each compared run: its step curves, per-IC SampleGain and drifts."""
+def series(tracker, cfg, rows, names: dict[str, str]) -> list[Series]:
+    """The dashboard's data of each compared run: its step curves, per-IC SampleGain, drifts and,
+    for a PRM row, its PRM's reliability buckets."""
     out = []
-    for _, run_id, m, _ in rows:
+    for name, run_id, m, _ in rows:
         per_ic = tracker.artifact_dir(run_id) / "per_ic.csv"
         table = list(csv.DictReader(per_ic.open())) if per_ic.exists() else []
         drift: dict[str, list] = {}
@@ -65,8 +78,26 @@ def series(tracker, rows, names: dict[str, str]) -> list[Series]:
         final = max((int(f[1]) for k in m if (f := re.fullmatch(r"rollout_mse/h(\d+)", k))), default=0)
         out.append(Series(names[run_id], tracker.history(run_id, "rollout_mse"), tracker.history(run_id, "rollout_nrmse"),
                           np.array([float(r["sample_gain"]) for r in table]), drift,
-                          m.get(f"rollout_mse/h{final}", float("nan")), m.get("cost/model_evals", float("nan"))))
+                          m.get(f"rollout_mse/h{final}", float("nan")), m.get("cost/model_evals", float("nan")),
+                          *(prm_calibration(tracker, cfg, run_id) if name.split("+")[0] == "prm" else (None, ""))))
     return out
+
+
+def prm_calibration(tracker, cfg, run_id: str) -> tuple[dict | None, str]:
+    """(held-out reliability buckets, PRM run name) of the PRM a prm row's run read: the newest
+    finished train_prm run with that run's PRM key (its candidate seed feeds the triplets) that
+    ended before the run did, i.e. what its get-or-run found or ran inside it. An explicit --input
+    prm=... is not traced; a PRM run from before the buckets were logged gives (None, its name)."""
+    ttc_run = tracker.run_info(run_id)
+    seeded = replace(cfg, sampling=replace(cfg.sampling, seed=int(ttc_run.data.params.get("sampling.seed",
+                                                                                            cfg.sampling.seed))))
+    prms = tracker.runs({"ttclab.stage": "train_prm", "ttclab.project": cfg.name,
+                         "ttclab.key": seeded.key(*STAGES.get("train_prm").key)}, status="FINISHED")
+    for prm in prms:  # newest first
+        if prm.info.end_time <= ttc_run.info.end_time:
+            path = tracker.artifact_dir(prm.info.run_id) / CALIBRATION_ARTIFACT
+            return (json.loads(path.read_text()) if path.exists() else None), prm.info.run_name
+    return None, ""
 
 
 def choices(tracker, cfg, rows) -> list[str]:
@@ -103,7 +134,9 @@ def within_noise(m: dict, key: str = "sample_gain") -> bool:
 def table(rows: list[tuple[str, str, dict, list[str]]]) -> tuple[list[str], list[list[str]]]:
     """The comparison's header and rows (strings): per row errors at every horizon, final MSE
     (mean +- s.e. over candidate seeds), drifts, SampleGain with its interval and within-noise
-    flag, gain over the random pick and the ensemble mean, and compute per IC."""
+    flag, gain over the random pick and the ensemble mean, compute per IC, and the cost of each run:
+    search wall time, whole-run wall time and the process's peak resident memory (`cost/peak_rss_mb`,
+    logged for every stage run by `Context.run`)."""
     if not rows:
         return [], []
     horizons = sorted({int(k.rsplit("h", 1)[1]) for _, _, m, _ in rows for k in m
@@ -112,7 +145,7 @@ def table(rows: list[tuple[str, str, dict, list[str]]]) -> tuple[list[str], list
     header = (["selector", "seeds"] + [f"nRMSE h{h}" for h in horizons] + [f"MSE h{final}", f"cRMSE h{final}"]
               + ["drift mass", "drift momentum", "drift energy", "SampleGain mean %", "95% CI", "within noise",
                  "vs random %", "vs ens. mean %", "improved", "Spearman", "fwd/IC/step", "model evals/IC",
-                 "reward evals/IC", "wall s"])
+                 "reward evals/IC", "wall s", "run s", "peak RSS MB"])
     body = []
     for name, _, m, _ in rows:
         def f(key, fmt="{:.3e}"):
@@ -148,7 +181,8 @@ def table(rows: list[tuple[str, str, dict, list[str]]]) -> tuple[list[str], list
                     + [f("sample_gain/mean", "{:+.1f}"), ci("sample_gain"), noise, vs("random"), vs("ensemble"),
                        f("sample_gain/improved_frac", "{:.0%}"), f("reward/spearman", "{:+.3f}"),
                        f("cost/forward_per_step", "{:.1f}"), f("cost/model_evals", "{:.0f}"),
-                       f("cost/reward_evals", "{:.0f}"), f("cost/wall_s", "{:.1f}")])
+                       f("cost/reward_evals", "{:.0f}"), f("cost/wall_s", "{:.1f}"), f("cost/run_s", "{:.1f}"),
+                       f("cost/peak_rss_mb", "{:.0f}")])
     return header, body
 
 
@@ -172,7 +206,7 @@ def compare(cfg, ctx, run):
     notes = choices(ctx.tracker, cfg, rows)
     text = markdown(header, body) + "".join(f"\n- {n}" for n in notes) + ("\n" if notes else "")
     run.text(text, "compare.md")
-    run.text(dashboard(header, body, series(ctx.tracker, rows, names),
+    run.text(dashboard(header, body, series(ctx.tracker, cfg, rows, names),
                        f"ttclab/{cfg.name}: TTC comparison ({cfg.ttc.split} split)"), "figures/compare.html")
     # Every seed's run that fed a row, so a reader can open each of them (the table shows the newest).
     run.tags({"ttclab.compared_runs": ",".join(r for *_, seeds in rows for r in seeds),

@@ -14,6 +14,7 @@ held-out ranking quality: prm/triplet_acc, prm/spearman, prm/ece, a reliability 
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -34,7 +35,8 @@ from ..training.triplet import gather_candidates, draw_sets, horizon_errors, ran
 from ..training.triplet import train as train_loop
 from ..ttc.rollout import rollout
 from . import stage
-from .common import DATA, OPERATOR, PRM_ARTIFACT, TRIPLETS, TRIPLETS_ARTIFACT, data_path, operator_path
+from .common import (CALIBRATION_ARTIFACT, DATA, OPERATOR, PRM_ARTIFACT, TRIPLETS, TRIPLETS_ARTIFACT, data_path,
+                     operator_path)
 from .ttc import _operators as ttc_operators
 
 
@@ -247,6 +249,8 @@ def train_prm(cfg, ctx, run):
                         cfg.to_dict()["prm"], n_fields, operator=operator, best_val=result["best_val"])
         run.artifact(ckpt, str(Path(PRM_ARTIFACT).parent))
     run.text(reliability_html(calib, report), "figures/prm_reliability.html")
+    # The same buckets as data, for compare's reliability panel of the ttc runs that used this PRM.
+    run.text(json.dumps({k: np.asarray(v).tolist() for k, v in calib.items()}), CALIBRATION_ARTIFACT)
     if ctx.progress:
         print(f"[ttclab] PRM held-out: triplet acc {report['prm/triplet_acc']:.3f}, Spearman "
               f"{report['prm/spearman']:.3f}, ECE {report['prm/ece']:.3f}; at N={pc.set_size} it captures "

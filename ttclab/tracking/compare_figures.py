@@ -3,7 +3,9 @@ per run in every panel, each trace labelled with the run's name.
 
 Panels: the table; rollout MSE and nRMSE vs step (log y, steps 1..T: step 0 is exact by
 construction and would stretch a log axis to round-off); SampleGain per IC as one box per run;
-conservation drift per quantity vs horizon (log y); final MSE vs forward passes per IC (log y).
+conservation drift per quantity vs horizon (log y); final MSE vs forward passes per IC (log y);
+for rows that used a PRM, its held-out reliability (realized error rank vs score rank per score
+bucket, `metrics.prm.calibration`) against the perfect-ranker diagonal and a random scorer's 0.5.
 Values <= 0 are left out of log axes (a projected run's drift can be exactly 0).
 """
 
@@ -30,6 +32,8 @@ class Series:
     drift: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # quantity -> (horizon, mean)
     final_mse: float = float("nan")
     model_evals: float = float("nan")
+    calibration: dict | None = None  # a PRM row: its PRM's buckets (q_mean, goodness, rel_mse, count, ece)
+    prm_run: str = ""  # ... and that PRM's run name
 
 
 def _positive(points):
@@ -45,6 +49,7 @@ def dashboard(header: list[str], body: list[list[str]], series: list[Series], ti
     titles = ["", "Rollout MSE vs step", "Rollout nRMSE vs step", "SampleGain per IC vs baseline (%)"]
     titles += [f"Conservation drift: {q}" for q in quantities] + [""] * (3 * drift_rows - len(quantities))
     titles += ["Final MSE vs forward passes per IC"]
+    titles += ["PRM reliability (held-out): error rank vs score rank"] if any(s.calibration for s in series) else []
     table_h = 110 + 76 * len(body)  # header and cells wrap to ~3 lines in 22 narrow columns; none may be cut off
     plot_h = 360
     fig = make_subplots(rows=rows, cols=3, specs=specs, subplot_titles=titles, vertical_spacing=0.06,
@@ -67,6 +72,17 @@ def dashboard(header: list[str], body: list[list[str]], series: list[Series], ti
         if s.final_mse > 0 and np.isfinite(s.model_evals):
             fig.add_trace(go.Scatter(x=[s.model_evals], y=[s.final_mse], mode="markers", showlegend=False,
                                      **{**style, "marker": {**style["marker"], "size": 11}}), row=rows, col=1)
+        if s.calibration:
+            calib = s.calibration
+            hover = [f"PRM {s.prm_run}: {int(c)} candidates, ECE {calib['ece']:.3f}" for c in calib["count"]]
+            fig.add_trace(go.Scatter(x=calib["q_mean"], y=calib["goodness"], mode="lines+markers", line=line,
+                                     text=hover, showlegend=False, **style), row=rows, col=2)
+    if any(s.calibration for s in series):
+        for y, label, dash in (([0, 1], "perfect ranker", "dash"), ([0.5, 0.5], "random scorer", "dot")):
+            fig.add_trace(go.Scatter(x=[0, 1], y=y, mode="lines", name=label, showlegend=False,
+                                     line={"dash": dash, "color": "#7f7f7f"}), row=rows, col=2)
+        fig.update_xaxes(title_text="score quantile within state (1 = top)", range=[0, 1], row=rows, col=2)
+        fig.update_yaxes(title_text="error quantile (1 = lowest MSE)", range=[0, 1], row=rows, col=2)
     for r in range(2, rows):
         for c in (1, 2, 3):
             if (r, c) != (2, 3):
