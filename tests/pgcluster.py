@@ -96,9 +96,10 @@ def wait_http(url: str, proc: subprocess.Popen, timeout_s: float = 90.0) -> None
     raise RuntimeError(f"{url} did not answer within {timeout_s:.0f} s")
 
 
-def stop_group(proc: subprocess.Popen, timeout_s: float = 10.0) -> None:
+def stop_group(proc: subprocess.Popen, timeout_s: float = 3.0) -> None:
     """SIGTERM the process group `proc` leads (started with start_new_session=True), SIGKILL what
-    is left after `timeout_s`: a server's worker processes go with it."""
+    is left after `timeout_s` (a server waiting for idle keep-alive clients): its worker processes
+    go with it."""
     if proc.poll() is None:
         try:
             os.killpg(proc.pid, signal.SIGTERM)

@@ -20,7 +20,7 @@ from ..stages import STAGES, Context, resolve_device
 from ..tracking.store import Tracker
 from .report import finalize
 from .spec import SweepSpec, load_spec
-from .study import StaleTrialHandler, open_storage, open_study, recover_stale, storage_label, used
+from .study import BudgetLock, StaleTrialHandler, open_storage, open_study, recover_stale, storage_label, used
 from .worker import FINISHED, WorkerJob, job_process, progress_line, work
 
 
@@ -68,25 +68,33 @@ def run_sweep(spec_path: str | Path, *, workers: int = 1, n_trials: int | None =
     say(f"[sweep {spec.name}] study in {storage_label(spec, storage)}: {used(study)}/{total} trials spent"
         + (f"; trials {stale} of a dead worker failed and queued again" if stale else ""))
     base = spec.config({})
-    found = [] if fresh else tracker.runs({"ttclab.sweep": spec.name, "ttclab.stage": "sweep"})
-    reopen = found[0].info.run_id if found else None
-    tags = {"ttclab.sweep": spec.name, "ttclab.sweep.stage": spec.stage,
-            "ttclab.sweep.storage": storage_label(spec, storage), "ttclab.sweep.n_trials": total}
-    with tracker.start(base.name, "sweep", params={} if reopen else base.flat(), tags=tags, name=spec.name,
-                       reopen=reopen) as parent:
-        if reopen is None:
-            parent.text(Path(spec.source).read_text(), "sweep.yaml")
-        ctx = Context(tracker, resolve_device(device), progress=not quiet, parent=parent.id,
-                      extra_tags={"ttclab.sweep": spec.name})
-        for name in shared_upstream(spec, base):
-            ctx.upstream(name, base)
-        job = WorkerJob(str(spec.source), storage, tracker.uri, parent.id, total, device)
-        if workers == 1:
-            work(job, on_trial=say)
-        else:
-            _run_workers(spec, job, workers, study, store, handler, say)
-        say(f"[sweep {spec.name}] parent run {parent.id} (experiment ttclab/{base.name})")
-        return finalize(spec, study, parent, ctx, say)
+    # Hosts starting together: the first to take the lock creates the parent run and the shared
+    # upstream runs, the others then find them (tracker locks are this machine's only).
+    lock = BudgetLock(spec, storage)
+    lock.acquire()
+    try:
+        found = [] if fresh else tracker.runs({"ttclab.sweep": spec.name, "ttclab.stage": "sweep"})
+        reopen = found[0].info.run_id if found else None
+        tags = {"ttclab.sweep": spec.name, "ttclab.sweep.stage": spec.stage,
+                "ttclab.sweep.storage": storage_label(spec, storage), "ttclab.sweep.n_trials": total}
+        with tracker.start(base.name, "sweep", params={} if reopen else base.flat(), tags=tags, name=spec.name,
+                           reopen=reopen) as parent:
+            if reopen is None:
+                parent.text(Path(spec.source).read_text(), "sweep.yaml")
+            ctx = Context(tracker, resolve_device(device), progress=not quiet, parent=parent.id,
+                          extra_tags={"ttclab.sweep": spec.name})
+            for name in shared_upstream(spec, base):
+                ctx.upstream(name, base)
+            lock.release()
+            job = WorkerJob(str(spec.source), storage, tracker.uri, parent.id, total, device)
+            if workers == 1:
+                work(job, on_trial=say)
+            else:
+                _run_workers(spec, job, workers, study, store, handler, say)
+            say(f"[sweep {spec.name}] parent run {parent.id} (experiment ttclab/{base.name})")
+            return finalize(spec, study, parent, ctx, say)
+    finally:
+        lock.release()
 
 
 def _run_workers(spec: SweepSpec, job: WorkerJob, workers: int, study, store, handler, say) -> None:

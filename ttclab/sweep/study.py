@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -36,6 +37,9 @@ optuna.logging.set_verbosity(optuna.logging.ERROR)
 
 HEARTBEAT_S = 20  # RDB: a trial without a heartbeat for GRACE_S is stale
 GRACE_S = 60
+# Seconds between heartbeats (the grace period is 3x) for every worker of a study: a cluster whose
+# workers cannot afford a minute's wait for a vanished worker's trial lowers it (the tests do).
+HEARTBEAT_ENV = "TTCLAB_SWEEP_HEARTBEAT_S"
 MAX_RETRY = 3  # a trial killed more often than this counts as an ordinary failure
 
 
@@ -77,8 +81,14 @@ def _rdb(uri: str, handler: "StaleTrialHandler") -> RDBStorage:
                              "use e.g. postgresql+psycopg2://user:password@host:5432/db") from None
     if url.get_backend_name() == "sqlite" and url.database:
         _check_folder(uri, Path(url.database))
+    beat, grace = HEARTBEAT_S, GRACE_S
+    if os.environ.get(HEARTBEAT_ENV):
+        text = os.environ[HEARTBEAT_ENV]
+        if not text.isdigit() or int(text) < 1:
+            raise ConfigError(f"{HEARTBEAT_ENV}={text}: must be a whole number of seconds >= 1; fix or unset it")
+        beat, grace = int(text), 3 * int(text)
     try:
-        return RDBStorage(uri, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+        return RDBStorage(uri, heartbeat_interval=beat, grace_period=grace,
                           heartbeat_stale_trial_callback=handler)
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as err:
         first = redact(str(getattr(err, "orig", None) or err).strip().splitlines()[0])
@@ -212,21 +222,32 @@ def recover_stale(study: optuna.Study, storage, handler: StaleTrialHandler) -> l
 
 
 class BudgetLock:
-    """Serializes "count the budget, then create a trial" among this machine's workers, so
-    n_trials is met exactly (workers on other machines may overshoot by one trial each). Released
-    by the worker as soon as its new trial exists in the storage."""
+    """Serializes "count the budget, then create a trial" (and a sweep's start: finding or creating
+    its parent run and shared upstream runs) among the study's workers, so n_trials is met exactly.
+    On PostgreSQL storage it is a session advisory lock, held across machines and dropped by the
+    server when its holder's connection dies (kill -9 included); otherwise an flock on this
+    machine's file (workers on other machines may then overshoot by one trial each). Released by
+    the worker as soon as its new trial exists in the storage; releasing twice is harmless."""
 
     def __init__(self, spec: SweepSpec, uri: str | None):
-        self.path = Path(f"{uri}.budget-lock") if uri and not is_rdb(uri) else journal_path(spec.name).with_suffix(".lock")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = None
+        self.name = f"ttclab-sweep-{spec.name}"
+        self._engine = None
+        if is_rdb(uri) and sqlalchemy.engine.make_url(uri).get_backend_name() == "postgresql":
+            self._engine = sqlalchemy.create_engine(uri, poolclass=sqlalchemy.pool.NullPool)
+        else:
+            self.path = Path(f"{uri}.budget-lock") if uri and not is_rdb(uri) else journal_path(spec.name).with_suffix(".lock")
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._held = None
 
     def acquire(self) -> None:
-        self._fh = open(self.path, "a")
-        fcntl.flock(self._fh, fcntl.LOCK_EX)
+        if self._engine is not None:
+            self._held = self._engine.connect()
+            self._held.execute(sqlalchemy.text("SELECT pg_advisory_lock(hashtext(:name))"), {"name": self.name})
+            return
+        self._held = open(self.path, "a")
+        fcntl.flock(self._held, fcntl.LOCK_EX)
 
     def release(self) -> None:
-        if self._fh is not None:
-            fcntl.flock(self._fh, fcntl.LOCK_UN)
-            self._fh.close()
-            self._fh = None
+        if self._held is not None:
+            self._held.close()  # ends the session (NullPool), which drops its advisory lock; or the flock
+            self._held = None

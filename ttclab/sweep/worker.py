@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from dataclasses import asdict, dataclass, replace
 from fnmatch import fnmatch
 from typing import Callable
@@ -134,20 +135,28 @@ def work(job: WorkerJob, on_trial: Callable[[str], None] | None = None) -> None:
         return values if spec.multi else values[0]
 
     while True:
+        waiting = None
         lock.acquire()
         try:
             recover_stale(study, storage, handler)
-            if used(study) >= job.n_trials:
-                return
             current.clear()
-            study.optimize(objective, n_trials=1, catch=(TrialFailed,))
+            if used(study) >= job.n_trials:
+                # On shared storage a trial still running may be a vanished host's: stay until it
+                # finishes, or its heartbeat stops and this worker runs its retry.
+                waiting = getattr(storage, "get_heartbeat_interval", lambda: None)()
+                if waiting is None or not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                    return
+            else:
+                study.optimize(objective, n_trials=1, catch=(TrialFailed,))
         except KeyboardInterrupt:
             if current:  # Optuna failed the interrupted trial; enqueue it again for the next start
                 handler(study, _trial(study, current[0]))
             raise
         finally:
             lock.release()
-        if on_trial is not None and current:
+        if waiting is not None:
+            time.sleep(waiting)
+        elif on_trial is not None and current:
             on_trial(progress_line(spec, study, _trial(study, current[0]), job.n_trials))
 
 
