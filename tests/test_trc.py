@@ -230,3 +230,87 @@ def test_best_of_n_one_is_plain_and_oracle_never_costlier(cfg_cls):
     with torch.no_grad():
         longer = model(x0.float(), target.float(), H_cycles=4).controls
     assert len(longer) == 5 and torch.equal(longer[2].double(), plain)
+
+
+@pytest.mark.parametrize("cfg_cls", [DoubleIntegratorConfig, VanDerPolConfig])
+def test_halting_that_never_fires_is_fixed_H_and_a_firing_one_freezes(cfg_cls):
+    problem, x0, target = problems(16, cfg=cfg_cls)
+    torch.manual_seed(0)
+    cfg = TRCModelConfig(latent=16, layers=1, H_cycles=2, L_cycles=1, halting="act", max_H_cycles=4)
+    model = make_model(cfg, **problem.dims).eval()
+    args = x0.float(), target.float()
+    with torch.no_grad():
+        fixed, never = model(*args), model(*args, halt=float("-inf"))
+        always = model(*args, halt=float("inf"))
+        # Halt each problem at its own cycle: the threshold between its 2nd and 3rd predicted gains
+        # is not monotone per problem, so pick a threshold and derive the expected stop from the gains.
+        t = float(fixed.gains[:, :4].median())
+        some = model(*args, halt=t)
+    assert len(fixed.controls) == 5 and fixed.gains.shape == (16, 5) and fixed.cycles is None
+    for a, b in zip(fixed.controls, never.controls):
+        assert torch.equal(a, b)
+    assert torch.equal(never.cycles, torch.full((16,), 4)) and torch.equal(always.cycles, torch.zeros(16).long())
+    assert all(torch.equal(u, fixed.controls[0]) for u in always.controls)
+    below = (fixed.gains[:, :4] < t).long()  # the gains do not depend on halting (latents run on)
+    stop = torch.where(below.any(1), below.argmax(1), torch.tensor(4))
+    assert torch.equal(some.cycles, stop) and 0 < stop.double().mean() < 4
+    for b in range(16):
+        assert torch.equal(some.controls[-1][b], fixed.controls[int(stop[b])][b])
+
+
+def test_halt_target_by_hand():
+    from ttclab.training.losses import halt_loss
+
+    # one problem, costs after the first guess and 2 cycles: 3, 1, 1 with teacher scale 1
+    costs = torch.tensor([[3.0, 1.0, 1.0]])
+    gains = torch.tensor([[0.5, 0.2, 99.0]])  # the last gain has no next cycle: ignored
+    realized = [np.log(4 / 2), np.log(2 / 2)]  # log(1 + 3) - log(1 + 1), log(1 + 1) - log(1 + 1)
+    expect = ((0.5 - realized[0]) ** 2 + (0.2 - realized[1]) ** 2) / 2
+    assert float(halt_loss(gains, costs, torch.tensor(1.0))) == pytest.approx(expect, rel=1e-6)
+    # scale 10: near the teacher's cost the target is the cost difference in teacher units
+    exact = np.log(1.02 / 1.01)  # costs 0.2 -> 0.1 at scale 10
+    assert exact == pytest.approx(0.01, rel=0.02)
+    small = torch.tensor([[0.2, 0.1, 0.1]], dtype=torch.float64)
+    assert float(halt_loss(torch.tensor([[exact, 0.0, 0.0]]), small, torch.tensor(10.0))) < 1e-20
+    # the target is detached: only the head is trained
+    c = costs.clone().requires_grad_(True)
+    g = gains.clone().requires_grad_(True)
+    halt_loss(g, c, torch.tensor(1.0)).backward()
+    assert c.grad is None and g.grad[0, 2] == 0 and g.grad[0, 0] != 0
+
+
+def test_halting_loss_is_logged_and_reaches_only_the_halt_head():
+    problem, x0, target = problems(8, cfg=DoubleIntegratorConfig)
+    teacher, _ = problem.teacher(x0, target)
+    batch = {"x0": x0.float(), "target": target.float(), "controls": teacher.float(),
+             "teacher_cost": problem.evaluate(x0, target, teacher)["cost"].float()}
+    torch.manual_seed(0)
+    model = make_model(TRCModelConfig(latent=16, layers=1, H_cycles=2, L_cycles=1, halting="act"), **problem.dims)
+    terms = CONTROLLER_LOSSES.get("bc")(model, batch, TRCConfig(value_weight=0.0, bc_weight=0.0), problem)
+    assert set(terms) == {"loss", "bc", "halt"} and float(terms["halt"]) > 0
+    terms["loss"].backward()
+    moved = {name.split(".")[0] for name, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert moved == {"halt_head"}
+
+
+def test_process_floor_stops_paying_at_the_teacher_cost():
+    costs = torch.tensor([[4.0, 2.0, 1.0], [1.0, 0.5, 0.5]], requires_grad=True)
+    floor = torch.tensor([1.5, 1.0])
+    loss = process_loss(costs, torch.tensor(1.0), floor)
+    # excess costs [2.5, 0.5, 0] and [0, 0, 0]: (2.5 + 0.5 + 0) / 3 / 2 problems
+    assert float(loss) == pytest.approx(0.5)
+    loss.backward()
+    assert (costs.grad[1] == 0).all() and costs.grad[0, 2] == 0 and costs.grad[0, 0] > 0
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"max_H_cycles": 5}, r"max_H_cycles is the cap of adaptive halting; set model.halting=act"),
+    ({"halting": "act", "max_H_cycles": -1}, r"max_H_cycles -1 < 0"),
+    ({"halting": "sometimes"}, r"model.halting"),
+])
+def test_halting_config_errors_are_one_line(override, message):
+    from ttclab.config import ConfigError, build
+
+    with pytest.raises(ConfigError, match=message) as err:
+        build(TRCModelConfig, override, "p.yaml", "model")
+    assert "\n" not in str(err.value)

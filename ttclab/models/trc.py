@@ -22,6 +22,14 @@ first guess of a behaviour-cloned controller (whose loss sees only the final U) 
 The value head reads a detached z_H: trained jointly, its loss pulled the shared latents away from
 precise controls (double integrator BC, small preset, 40 epochs: 92% success without it, 48% with
 value_weight 0.1), so it is a probe of what the latent knows about the cost, not a shaper of it.
+
+Adaptive halting (`halting: act`): a halting head, also on a detached latent, reads the latent of
+iterate h (z_init for the first guess, z_H after cycle h) and predicts g_h, the improvement the next
+cycle will bring, log(1 + c_h/s) - log(1 + c_{h+1}/s) with s the teacher's mean cost (trained on the
+realized improvement, losses.halt_loss; ~ (c_h - c_{h+1}) / s near the teacher's cost). The model trains max_H_cycles cycles; called with `halt=t` it
+freezes each problem's controls at the first iterate whose g_h < t (so at most max_H_cycles
+cycles) and reports the cycles each problem used. A t that never fires gives the fixed-H
+controls bit for bit: the freeze is a torch.where whose mask is all True.
 """
 
 from __future__ import annotations
@@ -50,10 +58,22 @@ class TRCModelConfig:
     L_cycles: int = 4
     variant: Literal["two_level", "single"] = "two_level"
     grad_last_only: bool = False
+    halting: Literal["none", "act"] = "none"
+    max_H_cycles: int = 0  # act: cycles trained and the test-time cap; 0 = H_cycles
+    halt_threshold: float = 0.01  # act: stop once the predicted next-cycle gain < this (teacher-cost units)
 
     def validate(self):
         if self.latent < 0 or self.layers < 0 or self.H_cycles < 1 or self.L_cycles < 1:
             raise ValueError("need latent >= 0, layers >= 0 (0 = from the preset), H_cycles >= 1, L_cycles >= 1")
+        if self.max_H_cycles < 0:
+            raise ValueError(f"max_H_cycles {self.max_H_cycles} < 0; use 0 (= H_cycles) or a positive cap")
+        if self.max_H_cycles and self.halting == "none":
+            raise ValueError("max_H_cycles is the cap of adaptive halting; set model.halting=act or max_H_cycles=0")
+
+    @property
+    def cycles(self) -> int:
+        """H-cycles run in training and by default: max_H_cycles under act (when set), else H_cycles."""
+        return (self.max_H_cycles or self.H_cycles) if self.halting == "act" else self.H_cycles
 
     def size(self) -> tuple[int, int]:
         latent, layers = PRESETS[self.preset]
@@ -84,6 +104,8 @@ def reattach(value: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
 class TRCOutput:
     controls: list[torch.Tensor]  # H_cycles + 1 sequences (B, T, m): the first guess, then each cycle's
     values: torch.Tensor  # (B, H_cycles + 1): predicted log(1 + cost) of each sequence
+    gains: torch.Tensor | None = None  # (B, H_cycles + 1) act: predicted gain of the cycle after each sequence
+    cycles: torch.Tensor | None = None  # (B,) cycles each problem used (when called with halt)
 
 
 @MODELS.register("trc")
@@ -110,15 +132,21 @@ class TinyRecursiveController(nn.Module):
         self.f_H = stack(d, layers) if two_level else None
         self.z_L0 = nn.Parameter(torch.zeros(d)) if two_level else None  # learned start of z_L
         self.value_head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, 1))
+        # Only act models carry the halting head, so checkpoints of fixed-H models load unchanged.
+        act = cfg.halting == "act"
+        self.halt_head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, 1)) if act else None
 
     def controls(self, V: torch.Tensor) -> torch.Tensor:
         return self.u_max * torch.tanh(V).view(len(V), self.horizon, self.n_control)
 
     def forward(self, x0: torch.Tensor, target: torch.Tensor, H_cycles: int | None = None, noise: float = 0.0,
-                gen: torch.Generator | None = None) -> TRCOutput:
+                gen: torch.Generator | None = None, halt: float | None = None) -> TRCOutput:
         """x0, target (B, n) -> TRCOutput with H + 1 control sequences and their values. Test-time compute:
         `H_cycles` overrides the trained count (more_cycles); `noise` > 0 adds noise * N(0, 1) from `gen`
-        to the pre-tanh controls V after every refinement, so best_of_n draws distinct refinements."""
+        to the pre-tanh controls V after every refinement, so best_of_n draws distinct refinements.
+        `halt` (act models): a problem's controls stop changing once its predicted gain < halt."""
+        if halt is not None and self.halt_head is None:
+            raise ValueError("halt needs a controller trained with model.halting=act")
         feats = torch.cat([x0, target, target - x0, self.horizon_features.expand(len(x0), 2)], dim=-1)
         z_init = self.encoder(feats)
         V = self.first(z_init)
@@ -126,8 +154,14 @@ class TinyRecursiveController(nn.Module):
         z_H, z_L = z_init, None if self.z_L0 is None else self.z_L0.expand_as(z_init)
         start = (V, z_H, z_L)
         outs, values = [U], [self.value_head(z_init.detach())]
-        H = H_cycles or self.cfg.H_cycles
+        gains = None if self.halt_head is None else [self.halt_head(z_init.detach())]
+        active = torch.ones(len(x0), dtype=torch.bool, device=x0.device)
+        used = torch.zeros(len(x0), dtype=torch.long, device=x0.device)
+        H = H_cycles or self.cfg.cycles
         for h in range(H):
+            if halt is not None:  # once stopped, a problem stays stopped
+                active = active & (gains[-1].squeeze(-1) >= halt)
+                used += active
             truncated = self.cfg.grad_last_only and h < H - 1
             if self.cfg.grad_last_only and h == H - 1 and H > 1:
                 V, z_H, z_L = (None if s is None else reattach(new, s) for new, s in zip((V, z_H, z_L), start))
@@ -141,10 +175,14 @@ class TinyRecursiveController(nn.Module):
                         z_L = self.f_L(z_L + z_H + z_init + u_emb)
                 if self.f_H is not None:
                     z_H = self.f_H(z_H + z_L)
-                V = V + self.refine(z_H)
+                V_next = V + self.refine(z_H)
                 if noise > 0:
-                    V = V + noise * torch.randn(V.shape, generator=gen, dtype=V.dtype, device=V.device)
+                    V_next = V_next + noise * torch.randn(V.shape, generator=gen, dtype=V.dtype, device=V.device)
+                V = V_next if halt is None else torch.where(active[:, None], V_next, V)
                 U = self.controls(V)
                 outs.append(U)
                 values.append(self.value_head(z_H.detach()))
-        return TRCOutput(outs, torch.cat(values, dim=-1))
+                if gains is not None:
+                    gains.append(self.halt_head(z_H.detach()))
+        return TRCOutput(outs, torch.cat(values, dim=-1), None if gains is None else torch.cat(gains, dim=-1),
+                         None if halt is None else used)

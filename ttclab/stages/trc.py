@@ -23,7 +23,7 @@ from ..problems.control import SPLITS, ControlProblem
 from ..tracking.trc_figures import refinement_figure, trajectory_figure
 from ..training.losses import iterate_costs
 from ..training.trc import fit, predict, save_controller, with_teacher_cost
-from ..training.trc_test_time import test_time_metrics
+from ..training.trc_test_time import halting_metrics, test_time_metrics
 from . import Input, stage
 
 DATA_FORMAT = "ttclab.control-data/1"
@@ -79,6 +79,8 @@ def trc(cfg, ctx, run):
     problem = control_problem(cfg)
     if cfg.model.type != "trc":
         raise ConfigError(f"model.type {cfg.model.type!r}: the trc stage trains model.type trc")
+    if cfg.model.halting == "act" and cfg.trc.halt_weight == 0:
+        raise ConfigError("model.halting=act needs trc.halt_weight > 0 (the halting head is trained by it)")
     blob = load_data(ctx.input("data", cfg), cfg)
     data = with_teacher_cost(problem, {s: blob[s] for s in SPLITS})
     torch.manual_seed(cfg.seed)
@@ -99,6 +101,8 @@ def trc(cfg, ctx, run):
     results = evaluate(problem, model, data[cfg.trc.eval_split], blob["stats"], ctx.device, cfg.trc.method)
     if cfg.trc.test_time != "none":
         results["metrics"] |= test_time_metrics(model, problem, data[cfg.trc.eval_split], cfg.trc, cfg.seed)
+    if cfg.model.halting == "act":
+        results["metrics"] |= halting_metrics(model, problem, data[cfg.trc.eval_split])
     run.log({**results["metrics"], "val/best_loss": state["best_val"]}, state["step"])
     for k, row in enumerate(results["per_iteration"]):
         run.log(row, k)
@@ -110,6 +114,10 @@ def trc(cfg, ctx, run):
         print(f"[ttclab] trc {cfg.trc.method} on {cfg.trc.eval_split}: success {m['trc/success_rate']:.1%} "
               f"(teacher {m['trc/teacher/success_rate']:.1%}), final error mean {m['trc/final_error_mean']:.3g}, "
               f"cost gap {m['trc/cost_gap_pct']:+.1f}%, monotonic {m['trc/monotonic_frac']:.1%}")
+        if "trc/halting/adaptive/cycles" in m:
+            print(f"[ttclab] halting: success {m['trc/halting/adaptive/success_rate']:.1%}, cost gap "
+                  f"{m['trc/halting/adaptive/cost_gap_pct']:+.1f}%, {m['trc/halting/adaptive/cycles']:.2f} of "
+                  f"{m['trc/halting/fixed/cycles']:.0f} cycles ({m['trc/halting/compute_saved_pct']:.0f}% saved)")
     return {**m, "checkpoint": run.artifact_dir() / CHECKPOINT}
 
 

@@ -1,6 +1,7 @@
 """Training the tiny recursive controller: data, validation, checkpoints. The losses (behaviour
-cloning, process supervision, value probe) are CONTROLLER_LOSSES "bc" and "ps" (losses.py), with total
-    bc + process_weight * process + value_weight * value.
+cloning, process supervision, value probe, halting head) are CONTROLLER_LOSSES "bc" and "ps"
+(losses.py), with total
+    bc_weight * bc + process_weight * process + value_weight * value + halt_weight * halt.
 """
 
 from __future__ import annotations
@@ -31,7 +32,10 @@ class TRCConfig:
     grad_clip: float = 1.0
     patience: int = 15  # stop after this many epochs without a better val cost; 0 = never
     process_weight: float = 0.0  # 0 = behaviour cloning only (tagged bc), > 0 = process supervision (ps)
+    process_floor: Literal["none", "teacher"] = "none"  # teacher: costs below the teacher's earn nothing
+    bc_weight: float = 1.0  # the behaviour-cloning anchor
     value_weight: float = 0.1
+    halt_weight: float = 1.0  # halting head's loss (model.halting=act only)
     eval_split: Literal["val", "test"] = "test"  # sweeps evaluate on val, final numbers on test
     log_every: int = 20  # optimizer steps between train/loss points
     # Test-time compute (trc_test_time.py): more_cycles runs test_n * H_cycles cycles, best_of_n picks among
@@ -44,8 +48,8 @@ class TRCConfig:
     def validate(self):
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.patience < 0:
             raise ValueError("need epochs >= 1, batch_size >= 1, lr > 0, patience >= 0")
-        if self.process_weight < 0 or self.value_weight < 0:
-            raise ValueError("need process_weight >= 0 and value_weight >= 0")
+        if min(self.process_weight, self.value_weight, self.bc_weight, self.halt_weight) < 0:
+            raise ValueError("need trc.process_weight, bc_weight, value_weight and halt_weight >= 0")
         if self.test_n < 1 or self.test_noise < 0:
             raise ValueError("need trc.test_n >= 1 and trc.test_noise >= 0")
 

@@ -9,6 +9,9 @@ H-cycle. A verifier picks one per problem:
 Keeping the plain controller as candidate 0 makes N=1 the plain controller and the oracle pick never
 costlier than it on the true cost, per problem, by construction. Compute is counted in H-cycles:
 N * H per problem (plus N first guesses), against H for the plain controller.
+
+Adaptive halting (model.halting: act) is read the same way: the halting controller next to the same
+controller run for all its cycles, with the cycles each problem used counted.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ def best_of_n(model, problem, x0: torch.Tensor, target: torch.Tensor, n: int, no
         pick = V.argmin(0)
     else:
         pick = torch.randint(n, (len(x0),), generator=gen)
-    H = H_cycles or model.cfg.H_cycles
+    H = H_cycles or model.cfg.cycles
     return {"controls": U[pick, torch.arange(len(x0))], "pick": pick, "cost": cost, "cycles": n * H}
 
 
@@ -53,7 +56,7 @@ def test_time_metrics(model, problem, split: dict, cfg, seed: int) -> dict[str, 
     then (best_of_n) every verifier at the same N and noise side by side, or (more_cycles) N * H cycles,
     so a gain of the headline pick is read next to the random control and the oracle ceiling."""
     x0, target, teacher_cost = split["x0"], split["target"], split["teacher_cost"]
-    H, n = model.cfg.H_cycles, cfg.test_n
+    H, n = model.cfg.cycles, cfg.test_n
     runs = {"plain": dict(n=1, noise=0.0, verifier="oracle")}
     if cfg.test_time == "best_of_n":
         runs |= {v: dict(n=n, noise=cfg.test_noise, verifier=v) for v in VERIFIERS}
@@ -62,12 +65,35 @@ def test_time_metrics(model, problem, split: dict, cfg, seed: int) -> dict[str, 
     out = {}
     for name, kw in runs.items():
         res = best_of_n(model, problem, x0, target, gen=torch.Generator().manual_seed(seed), **kw)
-        ev = problem.evaluate(x0, target, res["controls"])
-        out |= {f"trc/test_time/{name}/success_rate": float(ev["success"].double().mean()),
-                f"trc/test_time/{name}/final_error_mean": float(ev["final_error"].mean()),
-                f"trc/test_time/{name}/cost_gap_pct": cost_gap_pct(ev["cost"], teacher_cost),
-                f"trc/test_time/{name}/cycles": float(res["cycles"])}
+        out |= outcome(problem, x0, target, res["controls"], teacher_cost, f"trc/test_time/{name}")
+        out[f"trc/test_time/{name}/cycles"] = float(res["cycles"])
     if cfg.test_time != "none":
         head = cfg.test_verifier if cfg.test_time == "best_of_n" else "more_cycles"
         out |= {f"trc/test_time/{k}": out[f"trc/test_time/{head}/{k}"] for k in ("success_rate", "cost_gap_pct")}
+    return out
+
+
+def outcome(problem, x0, target, controls, teacher_cost, prefix: str) -> dict[str, float]:
+    ev = problem.evaluate(x0, target, controls)
+    return {f"{prefix}/success_rate": float(ev["success"].double().mean()),
+            f"{prefix}/final_error_mean": float(ev["final_error"].mean()),
+            f"{prefix}/cost_gap_pct": cost_gap_pct(ev["cost"], teacher_cost)}
+
+
+@torch.no_grad()
+def halting_metrics(model, problem, split: dict) -> dict[str, float]:
+    """trc/halting/<adaptive|fixed>/{success_rate, final_error_mean, cost_gap_pct, cycles} and
+    trc/halting/compute_saved_pct = 1 - mean adaptive cycles / max_H_cycles, in percent."""
+    model.eval()
+    device = next(model.parameters()).device
+    x0, target = split["x0"], split["target"]
+    args = x0.float().to(device), target.float().to(device)
+    adaptive = model(*args, halt=model.cfg.halt_threshold)
+    fixed = model(*args)
+    H, used = model.cfg.cycles, adaptive.cycles.double()
+    out = {"trc/halting/fixed/cycles": float(H), "trc/halting/adaptive/cycles": float(used.mean()),
+           "trc/halting/compute_saved_pct": 100 * (1 - float(used.mean()) / H)}
+    for name, res in (("adaptive", adaptive), ("fixed", fixed)):
+        out |= outcome(problem, x0, target, res.controls[-1].double().cpu(), split["teacher_cost"],
+                       f"trc/halting/{name}")
     return out
