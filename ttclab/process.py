@@ -110,13 +110,16 @@ def run_forwarding(cmd: list[str], grace_s: float = 10.0) -> int:
     return 128 + got[0][0] if got else code
 
 
-class Peak:
-    """The peak resident memory (MB) of this process inside one `peak_memory()` block."""
 
-    mb: float = 0.0
+class Usage:
+    """What one `own_usage()` block cost this process, nested blocks left out: its peak resident
+    memory (MB) and its wall seconds."""
+
+    peak_mb: float = 0.0
+    seconds: float = 0.0
 
 
-_OPEN_PEAKS: list[Peak] = []  # the open peak_memory blocks, outermost first
+_OPEN: list[Usage] = []  # the open own_usage blocks, outermost first
 
 
 def _high_water_mb() -> float:
@@ -133,25 +136,33 @@ def _high_water_mb() -> float:
         return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
-@contextmanager
-def peak_memory():
-    """Yields a `Peak` holding, once the block ends, this process's peak resident memory during it.
-    Linux keeps one high-water mark per process; entering hands the mark so far to the enclosing
-    blocks and resets it (`/proc/self/clear_refs` = 5, Linux >= 4.0), so a run nested in another
-    (an upstream stage run on demand) gets its own peak and the outer one still includes it. Where
-    the mark cannot be reset, the peak is the process's peak so far: an upper bound."""
-    mark = _high_water_mb()
-    for outer in _OPEN_PEAKS:
-        outer.mb = max(outer.mb, mark)
+def _reset_high_water() -> None:
+    """Reset VmHWM to the current resident set (`/proc/self/clear_refs` = 5, Linux >= 4.0). Where
+    that is not possible the mark keeps the process's peak so far: an upper bound."""
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
     except OSError:
         pass
-    peak = Peak()
-    _OPEN_PEAKS.append(peak)
+
+
+@contextmanager
+def own_usage():
+    """Yields a `Usage` holding, once the block ends, the peak resident memory and wall time of its
+    own parts: a block nested in it (an upstream stage run on demand inside a run) is measured on
+    its own and left out of the enclosing one. Linux keeps one high-water mark per process, so each
+    block boundary hands the mark so far to the block it closes a part of and resets it."""
+    if _OPEN:
+        _OPEN[-1].peak_mb = max(_OPEN[-1].peak_mb, _high_water_mb())
+    _reset_high_water()
+    usage, start = Usage(), time.perf_counter()
+    _OPEN.append(usage)
     try:
-        yield peak
+        yield usage
     finally:
-        _OPEN_PEAKS.remove(peak)
-        peak.mb = max(peak.mb, _high_water_mb())
+        _OPEN.pop()
+        usage.peak_mb = max(usage.peak_mb, _high_water_mb())
+        usage.seconds += time.perf_counter() - start
+        if _OPEN:
+            _OPEN[-1].seconds -= time.perf_counter() - start
+        _reset_high_water()

@@ -30,7 +30,7 @@ import torch
 
 from ..config import ConfigError
 from ..problems import physics_tags
-from ..process import peak_memory
+from ..process import own_usage
 from ..registry import Registry
 from ..training import distributed
 
@@ -171,9 +171,10 @@ class Context:
         watched = st.system_metrics or "ttclab.trial" in run_tags
         with self.tracker.start(cfg.name, name, params=params, tags=run_tags, parent=self.parent,
                                 name=st.name_for(cfg, run_tags)) as run:
-            with self.tracker.system_metrics(run.id) if watched else nullcontext(), peak_memory() as peak:
+            with self.tracker.system_metrics(run.id) if watched else nullcontext(), own_usage() as usage:
                 outputs = st.fn(cfg, replace(self, stage=name, current=run), run) or {}
-            run.log({"cost/peak_rss_mb": peak.mb})  # this process's peak resident memory during the run
+            # What the run itself cost, upstream runs made on demand inside it left out.
+            run.log({"cost/peak_rss_mb": usage.peak_mb, "cost/run_s": usage.seconds})
             if st.registers is not None:
                 version = self.tracker.register(cfg.name, st.registers, run.id)
                 run.tags({"ttclab.model_version": f"ttclab-{cfg.name}-{st.registers}/{version}"})
@@ -211,7 +212,9 @@ class Context:
             if self.progress:
                 print(f"[ttclab] no finished {name!r} run for this config yet: running it first")
             child = Context(self.tracker, self.device, self.progress, self.inputs)
-            with distributed.solo():  # under torchrun only rank 0 gets here (the others wait in find)
+            # Under torchrun only rank 0 gets here (the others wait in find); the whole upstream run,
+            # its MLflow calls included, is left out of the cost of the run that needed it.
+            with distributed.solo(), own_usage():
                 run_id, _ = child.run(name, cfg)
             return run_id
 

@@ -38,15 +38,6 @@ def aggregate(per_seed: list[dict]) -> dict:
     return out
 
 
-def _metrics(run) -> dict:
-    """A run's metrics plus `cost/run_s`, its whole wall time from MLflow's start and end (controls
-    included; `cost/wall_s` is the selector's search alone)."""
-    m = dict(run.data.metrics)
-    if run.info.end_time and run.info.start_time:
-        m["cost/run_s"] = (run.info.end_time - run.info.start_time) / 1000
-    return m
-
-
 def collect(tracker, cfg) -> list[tuple[str, str, dict, list[str]]]:
     """[(row name, newest run id, metrics aggregated over candidate seeds, the run id of every seed)]
     in the selectors' rank order (rewards/__init__.py; projection rows after); per row and seed the
@@ -55,7 +46,7 @@ def collect(tracker, cfg) -> list[tuple[str, str, dict, list[str]]]:
                          "ttclab.compare_key": comparison_key(cfg)}, status="FINISHED")
     newest: dict[str, dict[str, tuple[str, dict]]] = {}
     for r in runs:  # newest first
-        newest.setdefault(_row_name(r.data.tags), {}).setdefault(_seed(r), (r.info.run_id, _metrics(r)))
+        newest.setdefault(_row_name(r.data.tags), {}).setdefault(_seed(r), (r.info.run_id, dict(r.data.metrics)))
     rank = {name: i for i, name in enumerate(selector_names())}
     keys = sorted(newest, key=lambda n: (n.endswith("+proj"), rank.get(n.split("+")[0], 99)))
     return [(k, next(iter(newest[k].values()))[0], aggregate([m for _, m in newest[k].values()]),
@@ -135,8 +126,9 @@ def table(rows: list[tuple[str, str, dict, list[str]]]) -> tuple[list[str], list
     """The comparison's header and rows (strings): per row errors at every horizon, final MSE
     (mean +- s.e. over candidate seeds), drifts, SampleGain with its interval and within-noise
     flag, gain over the random pick and the ensemble mean, compute per IC, and the cost of each run:
-    search wall time, whole-run wall time and the process's peak resident memory (`cost/peak_rss_mb`,
-    logged for every stage run by `Context.run`)."""
+    the search's wall time, the whole run's (`cost/run_s`, controls included) and its peak resident
+    memory (`cost/peak_rss_mb`); `Context.run` logs both for every stage run, upstream runs made
+    inside it left out."""
     if not rows:
         return [], []
     horizons = sorted({int(k.rsplit("h", 1)[1]) for _, _, m, _ in rows for k in m

@@ -79,7 +79,7 @@ def dashboard(header: list[str], body: list[list[str]], series: list[Series], ti
                                      text=hover, showlegend=False, **style), row=rows, col=2)
     if any(s.calibration for s in series):
         for y, label, dash in (([0, 1], "perfect ranker", "dash"), ([0.5, 0.5], "random scorer", "dot")):
-            fig.add_trace(go.Scatter(x=[0, 1], y=y, mode="lines", name=label, showlegend=False,
+            fig.add_trace(go.Scatter(x=[0, 1], y=y, mode="lines", name=label, showlegend=True,
                                      line={"dash": dash, "color": "#7f7f7f"}), row=rows, col=2)
         fig.update_xaxes(title_text="score quantile within state (1 = top)", range=[0, 1], row=rows, col=2)
         fig.update_yaxes(title_text="error quantile (1 = lowest MSE)", range=[0, 1], row=rows, col=2)
