@@ -179,10 +179,12 @@ def test_query_sampling_needs_the_upt_loss():
 def test_upt_trains_with_queries_and_runs_latent_ttc_end_to_end(isolated_tracking, tiny_project):
     cfg = tiny_project("euler1d", "train.loss=upt_inverse", "train.query_sampling.enabled=true",
                        "train.query_sampling.num_queries=8", "train.query_sampling.strategy=stratified",
-                       "ttc.rollout=latent")
+                       "ttc.rollout=latent", "ttc.corr_threshold=-0.99")
     cfg = dataclasses.replace(cfg, model=UPTConfig(dim=16, tokens=4, heads=2, approx_layers=1))
     ctx = Context(Tracker(isolated_tracking), progress=False)
     _, trained = ctx.run("train", cfg)
     assert trained["val/latent/rollout_nrmse/h8"] > 0 and trained["val/rollout_nrmse/h8"] > 0
-    _, out = ctx.run("ttc", cfg)
+    run_id, out = ctx.run("ttc", cfg)
     assert torch.isfinite(torch.tensor(out["rollout_mse/h1"])) and out["control/oracle/sample_gain/mean"] >= -1e-6
+    assert out["ttc/corr_time/mean"] == 9  # correlation never drops below -0.99: steps + 1
+    assert (Tracker(isolated_tracking).artifact_dir(run_id) / "figures" / "ranking_by_step.html").stat().st_size > 0

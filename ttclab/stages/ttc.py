@@ -16,6 +16,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..data.datasets import SplitData
@@ -70,13 +71,13 @@ def run_name(cfg) -> str:
     return " · ".join(parts + (["+proj"] if t.project_conservation else []))
 
 
-def _evaluate(problem, truth, traj):
+def _evaluate(problem, truth, traj, threshold: float = 0.8):
     """Per IC and step (B, T) unless noted: the errors every table reports (metrics/rollout.py)."""
     return {"traj": traj, "mse": mse_per_step(traj, truth), "nrmse": nrmse_per_step(traj, truth),
             "drift": conservation_drift(problem, traj), "crmse": crmse_per_step(problem, traj, truth),
             "frmse": frmse_per_step(traj, truth, problem.ndim), "maxerr": maxerr_per_step(traj, truth),
             "rmse": dict(zip(problem.fields, rmse_per_field(traj, truth).unbind(2))),
-            "corr_time": correlation_time(traj, truth).double()}  # (B,)
+            "corr_time": correlation_time(traj, truth, threshold).double()}  # (B,)
 
 
 @dataclass
@@ -103,7 +104,8 @@ class Rollouts:
         """A control rollout, evaluated; computed once per comparison across processes (see controls.py)."""
         return control_cache.evaluated(self.ctx, self.ctx.current, self.memo, name, project,
                                        lambda: self.run(name, project).trajectory,
-                                       lambda traj: _evaluate(self.problem, self.truth, traj))
+                                       lambda traj: _evaluate(self.problem, self.truth, traj,
+                                                              self.cfg.ttc.corr_threshold))
 
 
 def _operators(cfg, ctx) -> list:
@@ -135,7 +137,7 @@ def _member_controls(r: Rollouts) -> dict:
     for i, member in enumerate(r.model.members[1:], start=1):
         res = search(member, r.normalizer, r.problem, r.truth, _reward("baseline", r.cfg, r.ctx, r.problem),
                      sampling_cfg=r.cfg.sampling, project=r.cfg.ttc.project_conservation, rollout=r.cfg.ttc.rollout)
-        out[f"member{i}"] = _evaluate(r.problem, r.truth, res.trajectory)
+        out[f"member{i}"] = _evaluate(r.problem, r.truth, res.trajectory, r.cfg.ttc.corr_threshold)
     return out
 
 
@@ -210,7 +212,7 @@ def ttc(cfg, ctx, run):
     horizons = default_horizons(steps, t.horizons)
     base = r.reference("baseline", False)
     main = r.run(t.reward, t.project_conservation, on_step=_pruning_report(run, truth, horizons))
-    ev = _evaluate(r.problem, truth, main.trajectory)
+    ev = _evaluate(r.problem, truth, main.trajectory, t.corr_threshold)
     controls = {name: r.reference(name, t.project_conservation) for name in control_names() if name != t.reward}
     controls |= _member_controls(r)
     metrics = _selector_metrics(ev, base, main, horizons, truth.shape[0])
@@ -224,9 +226,15 @@ def ttc(cfg, ctx, run):
     run.log(metrics)
     for h in range(1, steps + 1):
         run.log({"rollout_mse": float(ev["mse"][:, h].mean()), "rollout_nrmse": float(ev["nrmse"][:, h].mean())}, h)
-    for name, curve in ranking_curves(main.scores, main.errors).items():  # where along the rollout ranking fails
+    ranking = ranking_curves(main.scores, main.errors)  # where along the rollout the reward stops ranking
+    for name, curve in ranking.items():
         for h, value in curve.items():
             run.log({f"reward/by_step/{name}": value}, h)
+    if ranking:
+        by_step = {name: np.array([curve.get(h, np.nan) for h in range(steps + 1)]) for name, curve in ranking.items()}
+        run.text(figures.curves(by_step, f"Ranking of the {t.reward} scores vs true next-state error, per step",
+                                "step", "value (Spearman: +1 = perfect ranking)", log_y=False),
+                 "figures/ranking_by_step.html")
     curves = {"baseline": base["mse"].mean(0), t.reward: ev["mse"].mean(0)}
     curves |= {name: c_ev["mse"].mean(0) for name, c_ev in controls.items()}
     gain = sample_gain(base["mse"][:, -1], ev["mse"][:, -1])

@@ -31,12 +31,15 @@ class TTCConfig:
     n_ics: int = 0  # 0 = every IC of the split
     horizons: tuple[int, ...] = (1, 4, 16)  # plus the final step
     rollout: str = "physical"  # physical: re-encode fields every step; latent: step the latent (UPT only)
+    corr_threshold: float = 0.8  # high-correlation time: first step with corr(rollout, truth) below this
 
     def validate(self):
         if self.reward not in REWARDS:
             raise ValueError(f"unknown reward {self.reward!r}; valid: {', '.join(selector_names())}")
         if self.branching < 1 or self.beam < 1 or self.n_ics < 0 or any(h < 1 for h in self.horizons):
             raise ValueError("need branching >= 1, beam >= 1, n_ics >= 0 and horizons >= 1")
+        if not -1 < self.corr_threshold < 1:
+            raise ValueError(f"corr_threshold must be in (-1, 1), got {self.corr_threshold}")
         if self.rollout not in ROLLOUTS:
             raise ValueError(f"rollout must be one of {', '.join(ROLLOUTS)}, got {self.rollout!r}")
         if self.split not in ("train", "val", "test"):
