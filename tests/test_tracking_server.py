@@ -130,10 +130,20 @@ def tiny_spec(folder: Path, name: str, n_trials: int) -> Path:
     return path
 
 
-def trials_of(storage_url: str, name: str) -> list:
-    import optuna
+_STORAGES: dict = {}  # one engine per URL: polling must not open a connection pool per call
 
-    return optuna.load_study(study_name=name, storage=storage_url).get_trials(deepcopy=False)
+
+def trials_of(storage_url: str, name: str) -> list:
+    """The study's trials; [] while the hosts are still creating its tables or the study."""
+    import optuna
+    import sqlalchemy
+
+    try:
+        if storage_url not in _STORAGES:
+            _STORAGES[storage_url] = optuna.storages.RDBStorage(storage_url)
+        return optuna.load_study(study_name=name, storage=_STORAGES[storage_url]).get_trials(deepcopy=False)
+    except (KeyError, sqlalchemy.exc.SQLAlchemyError):
+        return []
 
 
 def test_two_sweep_hosts_share_one_study_and_recover_a_killed_host(server, tmp_path, monkeypatch):
@@ -149,11 +159,8 @@ def test_two_sweep_hosts_share_one_study_and_recover_a_killed_host(server, tmp_p
     try:
         deadline = time.monotonic() + 120
         while killed is None and time.monotonic() < deadline and victim.poll() is None:
-            try:
-                running = [t for t in trials_of(storage, "hosts") if t.state.name == "RUNNING"
-                           and t.user_attrs.get("ttclab.pid") == str(victim.pid)]
-            except KeyError:  # the study does not exist yet
-                running = []
+            running = [t for t in trials_of(storage, "hosts") if t.state.name == "RUNNING"
+                       and t.user_attrs.get("ttclab.pid") == str(victim.pid)]
             # Mid-trial: once the trial's MLflow run exists. No handler runs; the run stays RUNNING.
             if running and tracker.runs({"ttclab.sweep": "hosts", "ttclab.trial": str(running[0].number)}, "RUNNING"):
                 os.kill(victim.pid, signal.SIGKILL)

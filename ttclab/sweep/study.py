@@ -16,6 +16,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import time
 import warnings
 from pathlib import Path
 
@@ -88,8 +89,15 @@ def _rdb(uri: str, handler: "StaleTrialHandler") -> RDBStorage:
             raise ConfigError(f"{HEARTBEAT_ENV}={text}: must be a whole number of seconds >= 1; fix or unset it")
         beat, grace = int(text), 3 * int(text)
     try:
-        return RDBStorage(uri, heartbeat_interval=beat, grace_period=grace,
-                          heartbeat_stale_trial_callback=handler)
+        try:
+            return RDBStorage(uri, heartbeat_interval=beat, grace_period=grace,
+                              heartbeat_stale_trial_callback=handler)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            # Hosts starting together on an empty database race in creating Optuna's tables (the
+            # loser's CREATE TABLE finds the winner's); a second try finds them all.
+            time.sleep(1)
+            return RDBStorage(uri, heartbeat_interval=beat, grace_period=grace,
+                              heartbeat_stale_trial_callback=handler)
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as err:
         first = redact(str(getattr(err, "orig", None) or err).strip().splitlines()[0])
         raise _storage_error(uri, f"cannot open it ({type(err).__name__}: {first})",
