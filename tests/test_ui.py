@@ -249,11 +249,17 @@ def test_own_usage_leaves_nested_blocks_out():
     assert big.seconds >= 0.2 and outer.seconds < 0.1
 
 
-def test_registered_versions_fill_the_runs_tables_models_column(store):
-    """The UI's Models column lists the versions `search_model_versions("run_id IN (...)")` returns,
-    matched to the run's artifacts by their path (model/)."""
+def test_registered_runs_fill_the_runs_tables_models_column(store):
+    """The UI's Models column lists a run's logged models (MLflow 3) and its registered versions;
+    each registered train / train_prm run has one logged model named like its registered model,
+    pointing at the run's weights, and the version records it."""
     tracker, cfg, _ = store
     for stage, kind in (("train", "operator"), ("train_prm", "prm")):
         run = tracker.runs({"ttclab.stage": stage})[-1]
+        (output,) = tracker.run_info(run.info.run_id).outputs.model_outputs
+        model = tracker.client.get_logged_model(output.model_id)
+        assert (model.name, model.source_run_id, str(model.status)) == (f"ttclab-{cfg.name}-{kind}", run.info.run_id, "READY")
+        assert model.tags["ttclab.weights"] == f"runs:/{run.info.run_id}/model"
         (version,) = tracker.client.search_model_versions(f"run_id IN ('{run.info.run_id}')")
-        assert version.name == f"ttclab-{cfg.name}-{kind}" and version.source.endswith(f"{run.info.run_id}/artifacts/model")
+        assert version.name == model.name and version.tags["ttclab.logged_model"] == model.model_id
+        assert version.source.endswith(f"{run.info.run_id}/artifacts/model")

@@ -6,13 +6,16 @@ A finished train / train_prm / trc run registers its `model/` folder as a new ve
 alias `champion` goes to the first version and then stays wherever a user moves it (UI, or
 `MlflowClient().set_registered_model_alias(name, "champion", version)`). A version is only a pointer
 to the run's artifacts: `models:/...` URIs resolve to the same weights file a `runs:/` URI names,
-read by ttclab's weights-only loaders (no pickle-based MLflow flavor).
+read by ttclab's weights-only loaders (no pickle-based MLflow flavor). Each registered run also gets
+an MLflow logged model of the same name (tags only, no flavor), so the runs table's Models column
+shows it.
 """
 
 from __future__ import annotations
 
 from urllib.parse import urlparse
 
+from mlflow.entities import LoggedModelOutput
 from mlflow.exceptions import MlflowException
 
 from .uris import TrackingError, redact
@@ -34,11 +37,31 @@ def register(tracker, project: str, kind: str, run_id: str) -> str:
         except MlflowException:
             client.create_registered_model(name, description=f"ttclab {kind} checkpoints of project {project}; "
                                            f"load with --input {kind}=models:/{name}@{CHAMPION}")
-        source = f"{client.get_run(run_id).info.artifact_uri}/{FOLDER}"
-        version = client.create_model_version(name, source, run_id=run_id, tags={"ttclab.stage_run": run_id})
+        run = client.get_run(run_id)
+        source = f"{run.info.artifact_uri}/{FOLDER}"
+        tags = {"ttclab.stage_run": run_id}
+        logged = logged_model(client, run, name)
+        if logged is not None:
+            tags["ttclab.logged_model"] = logged
+        version = client.create_model_version(name, source, run_id=run_id, tags=tags)
         if CHAMPION not in client.get_registered_model(name).aliases:
             client.set_registered_model_alias(name, CHAMPION, version.version)
     return str(version.version)
+
+
+def logged_model(client, run, name: str) -> str | None:
+    """An MLflow 3 logged model for the run's model/ folder -> its id: the runs table's Models column
+    and the run page list a run's logged models (registered versions alone show there as "-"). It
+    holds no copy of the weights: its tags point at the run's folder, which every loader reads
+    weights-only. None on a tracking server without logged models (the version still works)."""
+    try:
+        model = client.create_logged_model(run.info.experiment_id, name=name, source_run_id=run.info.run_id,
+                                           tags={"ttclab.weights": f"runs:/{run.info.run_id}/{FOLDER}"})
+        client.finalize_logged_model(model.model_id, "READY")
+        client.log_outputs(run.info.run_id, [LoggedModelOutput(model.model_id, 0)])
+    except MlflowException:
+        return None
+    return model.model_id
 
 
 def version_of(tracker, uri: str):
