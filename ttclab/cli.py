@@ -195,7 +195,10 @@ def _seed_list(ctx, param, value: str) -> tuple[int, ...]:
 @click.option("--debug", is_flag=True, help="Show the traceback of input errors too (e.g. ttclab --debug train ...).")
 @click.pass_context
 def main(ctx, debug):
-    """ttclab: test-time computing on learned PDE simulators, tracked in MLflow."""
+    """ttclab: test-time computing on learned PDE simulators, tracked in MLflow.
+
+    `ttclab <command> --help` lists the command's choices (selectors, samplers, model types, losses)
+    and the --set keys set most."""
     ctx.obj = {"debug": debug}
     if not debug:  # MLflow logs a failed SQL write with its traceback before raising it; we report it in one line
         logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
