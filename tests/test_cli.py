@@ -261,11 +261,12 @@ def registered() -> dict[str, tuple[str, ...]]:
     from ttclab.rewards import selector_names
     from ttclab.sampling import SAMPLERS
     from ttclab.training.losses import CONTROLLER_LOSSES, OPERATOR_LOSSES, PRM_LOSSES
+    from ttclab.ttc.rollout import ROLLOUTS
 
     pde = [n for n in PROBLEMS.names() if issubclass(PROBLEMS.get(n), PDEProblem)]
     names = {"pde_problems": pde, "control_problems": [n for n in PROBLEMS.names() if n not in pde],
              "operators": operator_names(), "controllers": [n for n in MODELS.names() if n not in operator_names()],
-             "selectors": selector_names(), "samplers": SAMPLERS, "operator_losses": OPERATOR_LOSSES.names(),
+             "selectors": selector_names(), "samplers": SAMPLERS, "rollouts": ROLLOUTS, "operator_losses": OPERATOR_LOSSES.names(),
              "prm_losses": PRM_LOSSES.names(), "controller_losses": CONTROLLER_LOSSES.names()}
     return {kind: tuple(v) for kind, v in names.items()}
 
@@ -307,7 +308,8 @@ def test_the_clis_value_table_matches_the_configs():
 # (kind of name, command, the --set key whose help line lists them): every kind in some command's help.
 HELP_LISTS = [("selectors", "ttc", "ttc.reward"), ("selectors", "compare", "ttc.reward"),
               ("selectors", "demo", "ttc.reward"), ("samplers", "ttc", "sampling.sampler"),
-              ("samplers", "build_prm", "sampling.sampler"), ("operators", "train", "model.type"),
+              ("samplers", "build_prm", "sampling.sampler"), ("rollouts", "ttc", "ttc.rollout"),
+              ("operators", "train", "model.type"),
               ("controllers", "trc", "model.type"), ("pde_problems", "generate", "problem.type"),
               ("control_problems", "trc", "problem.type"), ("control_problems", "trc_data", "problem.type"),
               ("operator_losses", "train", "train.loss"), ("prm_losses", "train_prm", "prm.loss"),

@@ -232,6 +232,7 @@ NAMES = {
     "controllers": ("trc",),  # MODELS: the others
     "selectors": ("baseline", "random", "ensemble", "arm", "prm", "oracle"),  # rewards.selector_names()
     "samplers": ("mc_dropout", "latent_noise", "input_perturb", "ensemble"),  # sampling.SAMPLERS
+    "rollouts": ("physical", "latent"),  # ttc.rollout.ROLLOUTS
     "operator_losses": ("unrolled_mse", "upt_inverse"),  # training.losses.OPERATOR_LOSSES
     "prm_losses": ("bradley_terry", "triplet"),  # PRM_LOSSES
     "controller_losses": ("bc", "ps"),  # CONTROLLER_LOSSES (trc.process_weight 0 -> bc, > 0 -> ps)
@@ -280,6 +281,7 @@ COMMAND_KEYS = {
             ("trc.process_weight", "weight of process supervision (0 = behaviour cloning only)"),
             ("trc.epochs", "epochs"), ("trc.test_n", "candidates or cycle multiplier at test time")],
     "ttc": [("ttc.reward", _N["selectors"]), ("sampling.sampler", _N["samplers"], "(combine with +)"),
+            ("ttc.rollout", _N["rollouts"], "(latent: step the operator's latent; UPT)"),
             ("ttc.branching", "N candidates per kept trajectory and step"),
             ("ttc.beam", "K kept trajectories per IC (1 = greedy)"),
             ("ttc.project_conservation", "true: project candidates onto the IC's conserved totals"),
