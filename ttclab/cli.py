@@ -291,7 +291,9 @@ COMMAND_KEYS = {
     "compare": [("ttc.reward", _N["selectors"], "(one row each; +proj rows after)"),
                 ("sampling.sampler", _N["samplers"]),
                 ("ttc.branching", "the N of the runs to compare"), ("ttc.beam", "their K"),
-                ("ttc.split", "their split")],
+                ("ttc.split", "their split"),
+                ("compare.across", "selectors (default) | operators: every project's ttc runs on these ICs, "
+                                   "a row per operator, loss, rollout and selector")],
     "demo": [("ttc.reward", _N["selectors"], "(every one is run)"), ("sampling.sampler", _N["samplers"]),
              ("ttc.branching", "N candidates per step"), ("train.epochs", "operator epochs")],
     "filter": [("filter.reward", VALUES["filter.reward"]), ("filter.keep", VALUES["filter.keep"]),

@@ -18,7 +18,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from .config import ConfigError, build, check_name, deep_merge, flatten, parse_override, read_yaml, set_dotted, to_dict
 from .data.datasets import DataConfig
@@ -39,6 +39,15 @@ TYPED_SECTIONS = {"problem": PROBLEMS, "model": MODELS}
 
 
 @dataclass
+class CompareConfig:
+    """Which ttc runs `ttclab compare` tables (stages/compare.py). selectors: this project's runs of one
+    comparison key, a row per selector; operators: the runs of any project evaluated on the same
+    held-out ICs and truth, a row per (project, operator, loss, rollout, selector)."""
+
+    across: Literal["selectors", "operators"] = "selectors"
+
+
+@dataclass
 class ProjectConfig:
     name: str = "euler1d"
     seed: int = 0
@@ -53,6 +62,7 @@ class ProjectConfig:
     prm: PRMConfig = field(default_factory=PRMConfig)
     trc: TRCConfig = field(default_factory=TRCConfig)
     filter: FilterConfig = field(default_factory=FilterConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
 
     def to_dict(self) -> dict:
         return to_dict(self)

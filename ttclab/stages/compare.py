@@ -1,9 +1,12 @@
 """Stage `compare`: the side-by-side table of the newest ttc run per selector (and projection flag)
-that share one comparison key (same data, operator, sampler, N, K, split)."""
+that share one comparison key (same data, operator, sampler, N, K, split); with
+`compare.across: operators`, of the ttc runs of every project evaluated on the same held-out ICs
+(stages/compare_operators.py), a row per operator set-up and selector."""
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import re
 from dataclasses import replace
@@ -18,13 +21,30 @@ from ..rewards import selector_names
 from .ttc import comparison_key
 
 
-def _row_name(tags) -> str:
+def row_name(tags) -> str:
     name = tags.get("ttclab.selector", "?")
     return name + ("+proj" if tags.get("ttclab.projection") == "true" else "")
 
 
-def _seed(run) -> str:
+def candidate_seed(run) -> str:
     return run.data.params.get("sampling.seed", "?")
+
+
+def evaluation(params: dict[str, str]) -> dict[str, str]:
+    """What fixes a ttc run's held-out ICs and their truth, from its MLflow params: the problem and
+    data sections (the data file), the split, how many of its ICs and the horizons reported."""
+    return {k: v for k, v in params.items() if k.startswith(("problem.", "data."))
+            or k in ("ttc.split", "ttc.n_ics", "ttc.horizons")}
+
+
+def logged_params(cfg) -> dict[str, str]:
+    """cfg's params as a run of it logs them (`Run.params`: each value's text)."""
+    return {k: str(v)[:6000] for k, v in cfg.flat().items()}
+
+
+def evaluation_key(cfg) -> str:
+    """A short hash of cfg's `evaluation`."""
+    return hashlib.sha1(json.dumps(evaluation(logged_params(cfg)), sort_keys=True).encode()).hexdigest()[:12]
 
 
 def aggregate(per_seed: list[dict]) -> dict:
@@ -46,7 +66,8 @@ def collect(tracker, cfg) -> list[tuple[str, str, dict, list[str]]]:
                          "ttclab.compare_key": comparison_key(cfg)}, status="FINISHED")
     newest: dict[str, dict[str, tuple[str, dict]]] = {}
     for r in runs:  # newest first
-        newest.setdefault(_row_name(r.data.tags), {}).setdefault(_seed(r), (r.info.run_id, dict(r.data.metrics)))
+        seeds = newest.setdefault(row_name(r.data.tags), {})
+        seeds.setdefault(candidate_seed(r), (r.info.run_id, dict(r.data.metrics)))
     rank = {name: i for i, name in enumerate(selector_names())}
     keys = sorted(newest, key=lambda n: (n.endswith("+proj"), rank.get(n.split("+")[0], 99)))
     return [(k, next(iter(newest[k].values()))[0], aggregate([m for _, m in newest[k].values()]),
@@ -55,7 +76,7 @@ def collect(tracker, cfg) -> list[tuple[str, str, dict, list[str]]]:
 
 def series(tracker, cfg, rows, names: dict[str, str]) -> list[Series]:
     """The dashboard's data of each compared run: its step curves, per-IC SampleGain, drifts and,
-    for a PRM row, its PRM's reliability buckets."""
+    for a PRM row, its PRM's reliability buckets (cfg None: none, the rows' configs are not cfg)."""
     out = []
     for name, run_id, m, _ in rows:
         per_ic = tracker.artifact_dir(run_id) / "per_ic.csv"
@@ -70,7 +91,8 @@ def series(tracker, cfg, rows, names: dict[str, str]) -> list[Series]:
         out.append(Series(names[run_id], tracker.history(run_id, "rollout_mse"), tracker.history(run_id, "rollout_nrmse"),
                           np.array([float(r["sample_gain"]) for r in table]), drift,
                           m.get(f"rollout_mse/h{final}", float("nan")), m.get("cost/model_evals", float("nan")),
-                          *(prm_calibration(tracker, cfg, run_id) if name.split("+")[0] == "prm" else (None, ""))))
+                          *(prm_calibration(tracker, cfg, run_id) if cfg is not None and name.split("+")[0] == "prm"
+                            else (None, ""))))
     return out
 
 
@@ -101,8 +123,8 @@ def choices(tracker, cfg, rows) -> list[str]:
     used = {run_id for _, run_id, _, _ in rows}
     notes = []
     for name, run_id, _, _ in rows:
-        chosen_seed = next(_seed(r) for r in runs if r.info.run_id == run_id)
-        group = [r for r in runs if _row_name(r.data.tags) == name and _seed(r) == chosen_seed]
+        chosen_seed = next(candidate_seed(r) for r in runs if r.info.run_id == run_id)
+        group = [r for r in runs if row_name(r.data.tags) == name and candidate_seed(r) == chosen_seed]
         if len(group) < 2:
             continue
         seen = [{**r.data.params, "parent run": r.data.tags.get("mlflow.parentRunId", "-")} for r in group]
@@ -184,10 +206,27 @@ def markdown(header: list[str], body: list[list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-@stage("compare", key=("problem", "data", "model", "train", "seed", "sampling", "triplets", "prm", "ttc", "arm"),
-       run_name=lambda cfg: f"compare · {comparison_key(cfg)}")
+def publish(run, header, body, rows, names: dict[str, str], notes: list[str], figures: list[Series], title: str) -> str:
+    """Log the table (`compare.md`, with notes), the dashboard and the compared runs' tags -> the text."""
+    text = markdown(header, body) + "".join(f"\n- {n}" for n in notes) + ("\n" if notes else "")
+    run.text(text, "compare.md")
+    run.text(dashboard(header, body, figures, title), "figures/compare.html")
+    # Every seed's run that fed a row, so a reader can open each of them (the table shows the newest).
+    run.tags({"ttclab.compared_runs": ",".join(r for *_, seeds in rows for r in seeds),
+              "ttclab.compared_names": " | ".join(names.values())[:5000]})
+    return text
+
+
+@stage("compare", key=("problem", "data", "model", "train", "seed", "sampling", "triplets", "prm", "ttc", "arm",
+                       "compare"),
+       run_name=lambda cfg: (f"compare · operators · {evaluation_key(cfg)}" if cfg.compare.across == "operators"
+                             else f"compare · {comparison_key(cfg)}"))
 def compare(cfg, ctx, run):
     """Side-by-side table of the latest ttc runs per selector (printed and logged as artifacts)."""
+    if cfg.compare.across == "operators":
+        from .compare_operators import across_operators  # it builds on this module's table machinery
+
+        return across_operators(cfg, ctx, run)
     rows = collect(ctx.tracker, cfg)
     if not rows:
         raise ConfigError(f"no finished ttc runs for project {cfg.name!r} with this config yet; "
@@ -195,14 +234,8 @@ def compare(cfg, ctx, run):
     header, body = table(rows)
     names = {r: ctx.tracker.run_info(r).info.run_name for _, r, _, _ in rows}
     header, body = header + ["run"], [line + [names[r]] for line, (_, r, _, _) in zip(body, rows)]
-    notes = choices(ctx.tracker, cfg, rows)
-    text = markdown(header, body) + "".join(f"\n- {n}" for n in notes) + ("\n" if notes else "")
-    run.text(text, "compare.md")
-    run.text(dashboard(header, body, series(ctx.tracker, cfg, rows, names),
-                       f"ttclab/{cfg.name}: TTC comparison ({cfg.ttc.split} split)"), "figures/compare.html")
-    # Every seed's run that fed a row, so a reader can open each of them (the table shows the newest).
-    run.tags({"ttclab.compared_runs": ",".join(r for *_, seeds in rows for r in seeds),
-              "ttclab.compared_names": " | ".join(names.values())[:5000]})
+    text = publish(run, header, body, rows, names, choices(ctx.tracker, cfg, rows),
+                   series(ctx.tracker, cfg, rows, names), f"ttclab/{cfg.name}: TTC comparison ({cfg.ttc.split} split)")
     print(f"\nTTC comparison, {cfg.name}, {cfg.ttc.split} split, N={cfg.ttc.branching}, K={cfg.ttc.beam}, "
           f"sampler {cfg.sampling.sampler}:\n\n{text}")
     return {"table": text}
