@@ -193,6 +193,7 @@ def test_two_sweep_hosts_share_one_study_and_recover_a_killed_host(server, tmp_p
         assert {t.user_attrs["ttclab.host"] for t in trials} == {"host-a", "host-b"}
 
     (parent,) = tracker.runs({"ttclab.sweep": "hosts", "ttclab.stage": "sweep"})
+    assert "ttclab:***@" in parent.data.tags["ttclab.sweep.storage"] and SECRET not in str(parent.data)
     children = tracker.runs({"mlflow.parentRunId": parent.info.run_id})
     by_trial = {}
     for run in children:
