@@ -217,8 +217,7 @@ def publish(run, header, body, rows, names: dict[str, str], notes: list[str], fi
     return text
 
 
-@stage("compare", key=("problem", "data", "model", "train", "seed", "sampling", "triplets", "prm", "ttc", "arm",
-                       "compare"),
+@stage("compare", key=("problem", "data", "model", "train", "seed", "sampling", "triplets", "prm", "ttc", "arm"),
        run_name=lambda cfg: (f"compare · operators · {evaluation_key(cfg)}" if cfg.compare.across == "operators"
                              else f"compare · {comparison_key(cfg)}"))
 def compare(cfg, ctx, run):
