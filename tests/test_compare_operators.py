@@ -29,32 +29,36 @@ def test_one_table_holds_every_operator_on_the_same_ics_and_leaves_other_ics_out
     fno = tiny_project("euler1d", "train.epochs=1", "ttc.reward=baseline", "ttc.branching=2",
                        f"data.path={tiny_data_file()}")
     upt = dataclasses.replace(fno, name="tiny_upt", model=UPTConfig(dim=8, tokens=4, heads=2, approx_layers=1))
-    inverse = dataclasses.replace(upt, name="tiny_upt_inv", train=dataclasses.replace(upt.train, loss="upt_inverse"),
-                                  ttc=dataclasses.replace(upt.ttc, reward="arm", rollout="latent"))
+    inverse = dataclasses.replace(upt, train=dataclasses.replace(upt.train, loss="upt_inverse"))
+    latent = dataclasses.replace(inverse, ttc=dataclasses.replace(upt.ttc, reward="arm", rollout="latent"))
     other_ics = dataclasses.replace(fno, ttc=dataclasses.replace(fno.ttc, n_ics=1))  # 1 of the 2 test ICs
     tracker = Tracker(isolated_tracking)
     ctx = Context(tracker, progress=False)
     ids = {name: ctx.run("ttc", c)[0] for name, c in
-           (("fno", fno), ("upt", upt), ("inverse", inverse), ("other", other_ics))}
+           (("fno", fno), ("upt", upt), ("inverse", inverse), ("latent", latent), ("other", other_ics))}
     across = dataclasses.replace(fno, compare=dataclasses.replace(fno.compare, across="operators"))
     compare_id, _ = ctx.run("compare", across)
 
-    compared = set(tracker.run_info(compare_id).data.tags["ttclab.compared_runs"].split(","))
-    assert compared == {ids["fno"], ids["upt"], ids["inverse"]}  # not the run on one IC
+    tags = tracker.run_info(compare_id).data.tags
+    assert set(tags["ttclab.compared_runs"].split(",")) == {ids[n] for n in ("fno", "upt", "inverse", "latent")}
+    # Not the run on one IC; every row its own legend entry, though both UPT baselines are "ttc · baseline · N2".
+    assert len(set(tags["ttclab.compared_names"].split(" | "))) == 4
     assert tracker.run_info(compare_id).info.run_name.startswith("compare · operators · ")
     rows = table(tracker, compare_id)
     got = [(r["project"], r["operator"], r["loss"], r["rollout"], r["selector"]) for r in rows]
     assert got == [("euler1d", "fno", "unrolled_mse", "physical", "baseline"),  # cfg's own project first
                    ("tiny_upt", "upt", "unrolled_mse", "physical", "baseline"),
-                   ("tiny_upt_inv", "upt", "upt_inverse", "latent", "arm")]
-    trains = {r.data.tags["ttclab.project"]: r for r in tracker.runs({"ttclab.stage": "train"})}
+                   ("tiny_upt", "upt", "upt_inverse", "latent", "arm"),
+                   ("tiny_upt", "upt", "upt_inverse", "physical", "baseline")]
+    trains = {(r.data.tags["ttclab.project"], r.data.params["train.loss"]): r.data.metrics
+              for r in tracker.runs({"ttclab.stage": "train"})}
     final = max(int(k.rsplit("h", 1)[1]) for k in tracker.run_info(ids["fno"]).data.metrics if k.startswith("rollout_mse/h"))
-    for row, name in zip(rows, ("fno", "upt", "inverse")):
+    for row, name in zip(rows, ("fno", "upt", "latent", "inverse")):
         m = tracker.run_info(ids[name]).data.metrics
         assert row[f"MSE h{final}"] == f"{m[f'rollout_mse/h{final}']:.3e}"
         assert row[f"nRMSE h{final}"] == f"{m[f'rollout_nrmse/h{final}']:.4f}"
         assert row["SampleGain mean %"] == f"{m['sample_gain/mean']:+.1f}"  # against its own operator's baseline
-        train = trains[row["project"]].data.metrics
+        train = trains[row["project"], row["loss"]]
         assert row["params"] == f"{train['model/n_params']:.0f}" and row["train s"] == f"{train['train/wall_s']:.1f}"
     assert rows[0]["SampleGain mean %"] == "+0.0"  # a baseline is its own baseline
     assert rows[0]["params"] != rows[1]["params"]
@@ -64,7 +68,8 @@ def test_one_table_holds_every_operator_on_the_same_ics_and_leaves_other_ics_out
     # Two candidate seeds of one set-up make one row with both seeds' runs.
     seed1 = ctx.run("ttc", dataclasses.replace(upt, sampling=dataclasses.replace(upt.sampling, seed=1)))[0]
     setups, rows, notes = compare_operators.collect(tracker, across)
-    assert [r[3] for s, r in zip(setups, rows) if s[0] == "tiny_upt"] == [[seed1, ids["upt"]]] and not notes
+    assert [r[3] for s, r in zip(setups, rows) if s[2] == "unrolled_mse" and s[0] == "tiny_upt"] == [[seed1, ids["upt"]]]
+    assert not notes
 
 
 def test_an_unknown_compare_mode_is_one_line_naming_the_key(tmp_path):

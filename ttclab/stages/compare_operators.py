@@ -81,8 +81,9 @@ def across_operators(cfg, ctx, run):
                           f"run `ttclab ttc` first")
     header, body = table(rows)
     infos = {r: tracker.run_info(r) for _, r, _, _ in rows}
-    # Labels that stay apart in the dashboard's legend: every operator's baseline run is "ttc · baseline · N5".
-    names = {r: f"{s[0]}/{s[1]}: {infos[r].info.run_name}" for s, (_, r, _, _) in zip(setups, rows)}
+    # Labels that stay apart in the dashboard's legend: every operator's baseline run is "ttc · baseline · N5";
+    # the run name adds selector, N, K, latent and +proj to project, operator and loss.
+    names = {r: f"{s[0]}/{s[1]}/{s[2]}: {infos[r].info.run_name}" for s, (_, r, _, _) in zip(setups, rows)}
     header = ["project", "operator", "loss", "rollout"] + header + ["params", "train s", "run"]
     lines = []
     for s, line, (_, r, _, _) in zip(setups, body, rows):
