@@ -70,6 +70,12 @@ def test_one_table_holds_every_operator_on_the_same_ics_and_leaves_other_ics_out
     setups, rows, notes = compare_operators.collect(tracker, across)
     assert [r[3] for s, r in zip(setups, rows) if s[2] == "unrolled_mse" and s[0] == "tiny_upt"] == [[seed1, ids["upt"]]]
     assert not notes
+    # Another N on the same ICs: the row shows the newest setting and says what it left out.
+    n3 = ctx.run("ttc", dataclasses.replace(fno, ttc=dataclasses.replace(fno.ttc, branching=3)))[0]
+    setups, rows, notes = compare_operators.collect(tracker, across)
+    assert rows[0][1] == n3 and len(rows) == 4
+    assert notes == [f"euler1d · fno · unrolled_mse · physical · baseline: 1 finished run(s) under other settings "
+                     f"(N, K, sampler, training...) left out; using those like the newest, ttc · baseline · N3 ({n3})"]
 
 
 def test_an_unknown_compare_mode_is_one_line_naming_the_key(tmp_path):

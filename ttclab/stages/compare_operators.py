@@ -32,7 +32,8 @@ def collect(tracker, cfg) -> tuple[list[tuple], list[tuple], list[str]]:
     cfg's own project first, then by project, operator, loss, rollout; within one set-up the
     selectors in rank order, projection rows after."""
     want = evaluation(logged_params(cfg))
-    runs = [r for r in tracker.runs({"ttclab.stage": "ttc"}, status="FINISHED") if evaluation(r.data.params) == want]
+    runs = [r for r in tracker.runs({"ttclab.stage": "ttc", "ttclab.split": cfg.ttc.split}, status="FINISHED")
+            if evaluation(r.data.params) == want]
     groups: dict[tuple, list] = {}
     for r in runs:  # newest first
         groups.setdefault((*setup(r), row_name(r.data.tags)), []).append(r)
@@ -57,15 +58,14 @@ def collect(tracker, cfg) -> tuple[list[tuple], list[tuple], list[str]]:
     return setups, rows, notes
 
 
-def operator_costs(tracker, ttc_run) -> dict[str, float]:
+def operator_costs(ttc_run, trains: list) -> dict[str, float]:
     """`model/n_params` and `train/wall_s` of the train run whose operator a ttc run read: the newest
-    finished train run of its project that agrees with it on every param of the train key's sections
-    and ended before it did (what its get-or-run found or ran). An explicit --input operator=... is
-    not traced; with an ensemble sampler, member 0's."""
+    of `trains` (its project's finished train runs, newest first) that agrees with it on every param
+    of the train key's sections and ended before it did (what its get-or-run found or ran). An
+    explicit --input operator=... is not traced; with an ensemble sampler, member 0's."""
     sections = STAGES.get("train").key
     mine = {k: v for k, v in ttc_run.data.params.items() if k.split(".")[0] in sections}
-    project = ttc_run.data.tags.get("ttclab.project", "?")
-    for r in tracker.runs({"ttclab.stage": "train", "ttclab.project": project}, status="FINISHED"):
+    for r in trains:
         if r.info.end_time <= ttc_run.info.end_time and all(r.data.params.get(k) == v for k, v in mine.items()):
             return {k: r.data.metrics[k] for k in ("model/n_params", "train/wall_s") if k in r.data.metrics}
     return {}
@@ -85,9 +85,11 @@ def across_operators(cfg, ctx, run):
     # the run name adds selector, N, K, latent and +proj to project, operator and loss.
     names = {r: f"{s[0]}/{s[1]}/{s[2]}: {infos[r].info.run_name}" for s, (_, r, _, _) in zip(setups, rows)}
     header = ["project", "operator", "loss", "rollout"] + header + ["params", "train s", "run"]
+    trains = {p: tracker.runs({"ttclab.stage": "train", "ttclab.project": p}, status="FINISHED")
+              for p in dict.fromkeys(s[0] for s in setups)}
     lines = []
     for s, line, (_, r, _, _) in zip(setups, body, rows):
-        cost = operator_costs(tracker, infos[r])
+        cost = operator_costs(infos[r], trains[s[0]])
         lines.append(list(s) + line + [f"{cost['model/n_params']:.0f}" if "model/n_params" in cost else "-",
                                        f"{cost['train/wall_s']:.1f}" if "train/wall_s" in cost else "-",
                                        infos[r].info.run_name])
