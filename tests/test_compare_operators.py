@@ -24,8 +24,8 @@ def table(tracker, run_id) -> list[dict[str, str]]:
             if line.startswith("|")]
 
 
-def test_one_table_holds_every_operator_on_the_same_ics_and_leaves_other_ics_out(isolated_tracking, tiny_project,
-                                                                                  tiny_data_file):
+def test_one_table_holds_every_operator_on_the_same_ics_and_leaves_other_ics_out(isolated_tracking,
+                                                                                  tiny_project, tiny_data_file):
     fno = tiny_project("euler1d", "train.epochs=1", "ttc.reward=baseline", "ttc.branching=2",
                        f"data.path={tiny_data_file()}")
     upt = dataclasses.replace(fno, name="tiny_upt", model=UPTConfig(dim=8, tokens=4, heads=2, approx_layers=1))
@@ -52,7 +52,8 @@ def test_one_table_holds_every_operator_on_the_same_ics_and_leaves_other_ics_out
                    ("tiny_upt", "upt", "upt_inverse", "physical", "baseline")]
     trains = {(r.data.tags["ttclab.project"], r.data.params["train.loss"]): r.data.metrics
               for r in tracker.runs({"ttclab.stage": "train"})}
-    final = max(int(k.rsplit("h", 1)[1]) for k in tracker.run_info(ids["fno"]).data.metrics if k.startswith("rollout_mse/h"))
+    fno_metrics = tracker.run_info(ids["fno"]).data.metrics
+    final = max(int(k.rsplit("h", 1)[1]) for k in fno_metrics if k.startswith("rollout_mse/h"))
     for row, name in zip(rows, ("fno", "upt", "latent", "inverse")):
         m = tracker.run_info(ids[name]).data.metrics
         assert row[f"MSE h{final}"] == f"{m[f'rollout_mse/h{final}']:.3e}"
@@ -68,17 +69,28 @@ def test_one_table_holds_every_operator_on_the_same_ics_and_leaves_other_ics_out
     # Two candidate seeds of one set-up make one row with both seeds' runs.
     seed1 = ctx.run("ttc", dataclasses.replace(upt, sampling=dataclasses.replace(upt.sampling, seed=1)))[0]
     setups, rows, notes = compare_operators.collect(tracker, across)
-    assert [r[3] for s, r in zip(setups, rows) if s[2] == "unrolled_mse" and s[0] == "tiny_upt"] == [[seed1, ids["upt"]]]
+    plain_upt = [r[3] for s, r in zip(setups, rows) if s[:3] == ("tiny_upt", "upt", "unrolled_mse")]
+    assert plain_upt == [[seed1, ids["upt"]]]
     assert not notes
     # Another N on the same ICs: the row shows the newest setting and says what it left out.
     n3 = ctx.run("ttc", dataclasses.replace(fno, ttc=dataclasses.replace(fno.ttc, branching=3)))[0]
     setups, rows, notes = compare_operators.collect(tracker, across)
     assert rows[0][1] == n3 and len(rows) == 4
     assert notes == [f"euler1d · fno · unrolled_mse · physical · baseline: 1 finished run(s) under other settings "
-                     f"(N, K, sampler, training...) left out; using those like the newest, ttc · baseline · N3 ({n3})"]
+                     f"(N, K, sampler, training...) left out; the row holds the newest run's settings, "
+                     f"ttc · baseline · N3 ({n3})"]
 
 
 def test_an_unknown_compare_mode_is_one_line_naming_the_key(tmp_path):
     with pytest.raises(ConfigError, match=r"compare.across='models' is not one of 'selectors', 'operators'") as err:
         load_project("projects/euler1d.yaml", ["compare.across=models"])
     assert "\n" not in str(err.value)
+
+
+def test_dashboard_columns_are_as_wide_as_their_longest_word():
+    """Plotly wraps table cells at spaces only: a column narrower than its longest word cuts it off."""
+    from ttclab.tracking.compare_figures import column_widths
+
+    widths = column_widths(["project", "nRMSE h1", ""], [["euler1d_upt", "0.0120", "ttc · baseline · N5"]])
+    assert widths == [len("euler1d_upt") + 2, len("0.0120") + 2, len("baseline") + 2]
+    assert column_widths(["a"], [["x" * 40]]) == [26]  # capped: one huge word is cut, the page stays bounded

@@ -54,7 +54,8 @@ def collect(tracker, cfg) -> tuple[list[tuple], list[tuple], list[str]]:
         left = len(groups[g]) - sum(r.data.tags.get("ttclab.compare_key") == key for r in groups[g])
         if left:
             notes.append(f"{' · '.join(g)}: {left} finished run(s) under other settings (N, K, sampler, training...) "
-                         f"left out; using those like the newest, {chosen[0].info.run_name} ({chosen[0].info.run_id})")
+                         f"left out; the row holds the newest run's settings, {chosen[0].info.run_name} "
+                         f"({chosen[0].info.run_id})")
     return setups, rows, notes
 
 
