@@ -28,6 +28,7 @@ from ttclab.ttc.rollout import rollout
 from ttclab.ttc.search import search
 
 from test_beam import gen
+from test_ttc import setup  # noqa: F401  (the fixture upt_setup builds on)
 
 
 class Orthogonal(Operator):
@@ -53,19 +54,16 @@ class Orthogonal(Operator):
 
 
 @pytest.fixture(scope="module")
-def setup(tiny_data_file):
-    from conftest import build_tiny_project
-
-    cfg = build_tiny_project("euler1d")
-    problem = make_problem(cfg.problem)
-    data = SplitData(tiny_data_file("euler1d"), problem, cfg.data)
+def upt_setup(setup):
+    """test_ttc's tiny euler1d problem and data, with a small untrained UPT (dropout on for MC-dropout)."""
+    _, problem, data, _ = setup
     torch.manual_seed(0)
     upt = UPT(UPTConfig(dim=16, tokens=4, heads=2, approx_layers=1, dropout=0.1), problem.n_fields, 1).eval()
     return problem, data, upt
 
 
-def test_latent_rollout_equals_physical_when_decoder_inverts_encoder(setup):
-    problem, data, _ = setup
+def test_latent_rollout_equals_physical_when_decoder_inverts_encoder(upt_setup):
+    problem, data, _ = upt_setup
     truth = data["test"]
     m = Orthogonal(problem.n_fields, truth.shape[-1]).eval()
     base = {mode: search(m, data.normalizer, problem, truth, make_reward("baseline"), rollout=mode).trajectory
@@ -79,8 +77,8 @@ def test_latent_rollout_equals_physical_when_decoder_inverts_encoder(setup):
     assert not torch.allclose(picked["latent"], base["latent"])  # the noise really moved the picks
 
 
-def test_latent_candidates_are_the_physical_ones_at_the_first_step(setup):
-    _, _, upt = setup
+def test_latent_candidates_are_the_physical_ones_at_the_first_step(upt_setup):
+    _, _, upt = upt_setup
     u = torch.randn(3, 3, 32, generator=gen(4))
     # (MC-dropout differs by design: a latent rollout's encoder ran once, deterministically)
     for p in (Perturbation(latent_sigma=0.1), Perturbation()):
@@ -90,8 +88,8 @@ def test_latent_candidates_are_the_physical_ones_at_the_first_step(setup):
 
 
 @pytest.mark.parametrize("ndim", [1, 2])
-def test_greedy_latent_with_one_quiet_candidate_equals_the_plain_latent_rollout(setup, tiny_data_file, ndim):
-    problem, data, upt = setup
+def test_greedy_latent_with_one_quiet_candidate_equals_the_plain_latent_rollout(upt_setup, tiny_data_file, ndim):
+    problem, data, upt = upt_setup
     if ndim == 2:
         from conftest import build_tiny_project
 
@@ -113,8 +111,8 @@ def test_greedy_latent_with_one_quiet_candidate_equals_the_plain_latent_rollout(
     assert torch.isfinite(picked.trajectory).all() and not torch.allclose(picked.trajectory, plain)
 
 
-def test_projected_latent_rollout_keeps_the_ics_totals(setup):
-    problem, data, upt = setup
+def test_projected_latent_rollout_keeps_the_ics_totals(upt_setup):
+    problem, data, upt = upt_setup
     truth = data["test"]
     out = search(upt, data.normalizer, problem, truth, make_reward("arm", problem=problem, arm=ARMConfig()),
                  branching=3, sampling_cfg=SamplingConfig(latent_sigma=0.05), generator=gen(), project=True,
@@ -125,8 +123,8 @@ def test_projected_latent_rollout_keeps_the_ics_totals(setup):
         assert float(((end[q] - start[q]).abs() / scale).max()) < 1e-4, q
 
 
-def test_latent_rollout_refuses_what_it_cannot_do(setup):
-    problem, data, upt = setup
+def test_latent_rollout_refuses_what_it_cannot_do(upt_setup):
+    problem, data, upt = upt_setup
     truth = data["test"]
     fno = FNO(FNOConfig(width=4, modes=2, layers=1), problem.n_fields, 1)
     with pytest.raises(OperatorError, match="ttc.rollout=physical"):
@@ -153,7 +151,7 @@ def test_query_samples_are_distinct_and_stratified_ones_cover_every_stratum():
         sample_queries(QuerySamplingConfig(True, 41), 1, 40)
 
 
-def test_query_sampled_loss_over_every_cell_is_the_dense_loss(setup):
+def test_query_sampled_loss_over_every_cell_is_the_dense_loss(upt_setup):
     """Q = G uniform queries are a permutation of the cells: the same mean squared error, in 1D and 2D."""
     for ndim, shape in ((1, (16,)), (2, (4, 4))):
         torch.manual_seed(0)
