@@ -196,6 +196,19 @@ def test_grid_sampler_visits_each_point_once_across_workers(tmp_path, monkeypatc
     assert sorted(seen) == [1, 3, 5, 7, 9]
 
 
+def test_resuming_a_study_made_from_another_project_config_is_refused(tmp_path, monkeypatch):
+    """A study resumed after the project changed (say model.dim) would mix two experiments' trials."""
+    monkeypatch.setenv("TTCLAB_HOME", str(tmp_path))
+    spec = load_spec(write_spec(tmp_path, DEFAULT_PROJECT))
+    storage = open_storage(spec, None, StaleTrialHandler(None, spec.name))
+    study = open_study(spec, storage, fingerprint="aaa")
+    study.ask()
+    assert len(open_study(spec, storage, fingerprint="aaa").trials) == 1  # same config: resumed
+    with pytest.raises(ConfigError, match="another project config.*--fresh"):
+        open_study(spec, storage, fingerprint="bbb")
+    assert open_study(spec, storage, fresh=True, fingerprint="bbb").trials == []
+
+
 def test_trc_sweep_solves_the_teacher_once_before_any_trial(tmp_path, isolated_tracking):
     """The declared trc -> trc_data input is precomputed by the runner (the old hand-written table
     lacked it, so each parallel worker could solve the teacher itself inside its first trial)."""

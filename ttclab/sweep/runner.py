@@ -63,11 +63,11 @@ def run_sweep(spec_path: str | Path, *, workers: int = 1, n_trials: int | None =
     tracker = Tracker(tracking_uri)
     handler = StaleTrialHandler(tracker, spec.name)
     store = open_storage(spec, storage, handler)
-    study = open_study(spec, store, fresh=fresh)
+    base = spec.config({})
+    study = open_study(spec, store, fresh=fresh, fingerprint=base.key(*STAGES.get(spec.stage).key))
     stale = recover_stale(study, store, handler)
     say(f"[sweep {spec.name}] study in {storage_label(spec, storage)}: {used(study)}/{total} trials spent"
         + (f"; trials {stale} of a dead worker failed and queued again" if stale else ""))
-    base = spec.config({})
     # Hosts starting together: the first to take the lock creates the parent run and the shared
     # upstream runs, the others then find them (tracker locks are this machine's only).
     lock = BudgetLock(spec, storage)

@@ -182,7 +182,11 @@ def make_pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:
     return optuna.pruners.MedianPruner(n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps)
 
 
-def open_study(spec: SweepSpec, storage, *, fresh: bool = False, worker: int = 0) -> optuna.Study:
+def open_study(spec: SweepSpec, storage, *, fresh: bool = False, worker: int = 0,
+               fingerprint: str | None = None) -> optuna.Study:
+    """Create or resume the spec's study. `fingerprint` (the stage key of the spec's base config) is
+    stored with a new study; resuming one made from another project config is refused, since its
+    trials would silently mix two experiments (e.g. after editing the project's model size)."""
     name = spec.name
     if fresh and name in {s.study_name for s in optuna.study.get_all_study_summaries(storage)}:
         optuna.delete_study(study_name=name, storage=storage)
@@ -193,6 +197,14 @@ def open_study(spec: SweepSpec, storage, *, fresh: bool = False, worker: int = 0
     if stored != directions:
         raise ConfigError(f"{spec.source}: objective: the stored study {name!r} optimizes {stored}; "
                           "run with --fresh to start over")
+    if fingerprint is not None:
+        stored_fp = study.user_attrs.get("ttclab.fingerprint")
+        if stored_fp is None:
+            study.set_user_attr("ttclab.fingerprint", fingerprint)
+        elif stored_fp != fingerprint:
+            raise ConfigError(f"{spec.source}: the stored study {name!r} was run with another project config "
+                              f"({spec.project} or the spec's fixed keys changed since); run with --fresh to start "
+                              "over, or give the spec another name")
     study.sampler = make_sampler(spec, worker + 1000 * len(study.get_trials(deepcopy=False)))
     return study
 
