@@ -1,5 +1,7 @@
 """Deep-ensemble candidates: members' predictions as candidates, controls and compute counts."""
 
+import os
+
 import pytest
 import torch
 
@@ -75,6 +77,9 @@ def test_ttc_stage_trains_the_members_and_logs_their_controls(tmp_path, monkeypa
     exp = tracker.client.get_experiment_by_name("ttclab/euler1d")
     trains = [r for r in tracker.client.search_runs([exp.experiment_id]) if r.data.tags["ttclab.stage"] == "train"]
     assert sorted(r.data.params["seed"] for r in trains) == ["0", "1"]  # member i trained with seed + i
+    if len(os.sched_getaffinity(0)) > 1:  # stages/members.py: one process per missing member
+        pids = {r.data.tags["ttclab.pid"] for r in trains}
+        assert len(pids) == 2 and str(os.getpid()) not in pids
     final = cfg.problem.n_snapshots - 1
     assert m[f"control/member1/rollout_mse/h{final}"] != m[f"control/baseline/rollout_mse/h{final}"]
     assert m["cost/forward_per_step"] == 2

@@ -32,6 +32,7 @@ from ..ttc.search import SearchResult, search
 from . import STAGES, stage
 from . import controls as control_cache
 from .common import DATA, OPERATOR, PRM, data_path, operator_path
+from .members import train_missing
 
 
 def _reward(name, cfg, ctx, problem):
@@ -113,7 +114,10 @@ def _operators(cfg, ctx) -> list:
     config trained with seed + i, each got or run as the `train` stage with that seed."""
     if "ensemble" not in cfg.sampling.parts:
         return [operator_path(cfg, ctx)]
-    return [operator_path(dataclasses.replace(cfg, seed=s), ctx) for s in member_seeds(cfg.seed, cfg.sampling.members)]
+    members = [dataclasses.replace(cfg, seed=s) for s in member_seeds(cfg.seed, cfg.sampling.members)]
+    if "operator" not in ctx.inputs:
+        train_missing(members, ctx)  # in parallel processes when cores allow; get-or-run then finds them
+    return [operator_path(m, ctx) for m in members]
 
 
 def _load(cfg, ctx) -> Rollouts:
