@@ -287,6 +287,7 @@ def _console(args, env_extra=None, cwd=None):
                           env=env, cwd=cwd, timeout=120)
 
 
+@pytest.mark.slow
 def test_console_script_config_errors_match_in_process(lab):
     bad = lab.yaml("cs.yaml", "train: {epochs: .inf}\n")
     proc = _console(["train", bad, "--quiet"], {"TTCLAB_HOME": str(lab.root),
@@ -296,6 +297,7 @@ def test_console_script_config_errors_match_in_process(lab):
     assert len(lines) == 1 and lines[0].startswith("error: ") and "train.epochs" in lines[0], proc.stderr
 
 
+@pytest.mark.slow
 def test_console_script_storage_password_never_printed(lab):
     spec = lab.spec("cs2.yaml", GOOD_SPACE)
     proc = _console(["sweep", spec, "--quiet", "--storage", "postgresql+psycopg2://u:SECRETPW@127.0.0.1:9/db"],

@@ -24,6 +24,7 @@ def table(tracker, run_id) -> list[dict[str, str]]:
             if line.startswith("|")]
 
 
+@pytest.mark.slow
 def test_one_table_holds_every_operator_on_the_same_ics_and_leaves_other_ics_out(isolated_tracking,
                                                                                   tiny_project, tiny_data_file):
     fno = tiny_project("euler1d", "train.epochs=1", "ttc.reward=baseline", "ttc.branching=2",

@@ -58,6 +58,7 @@ def curves(tracker, run_id):
     return {k: [v for _, v in tracker.history(run_id, k)] for k in ("train/loss", "val/loss")}
 
 
+@pytest.mark.slow
 def test_two_ranks_with_batch_b_follow_one_process_with_batch_2b_and_resume(ddp_project, isolated_tracking):
     from ttclab.tracking.store import Tracker
 

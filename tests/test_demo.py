@@ -6,6 +6,8 @@ import csv
 import io
 import math
 
+import pytest
+
 from test_stages import assert_reads_match_declaration, record_inputs
 
 from ttclab.stages import Context
@@ -14,6 +16,7 @@ from ttclab.tracking.store import Tracker
 SELECTOR_ROWS = {"baseline", "random", "ensemble", "arm", "prm", "oracle", "baseline+proj", "arm+proj", "prm+proj"}
 
 
+@pytest.mark.slow
 def test_demo_runs_every_stage_and_compares_every_selector(tmp_path, monkeypatch, tracking_store_in, tiny_project):
     tracker = Tracker(tracking_store_in(monkeypatch, tmp_path))
     cfg = tiny_project("euler1d", "data.n_trajectories=16", "train.epochs=1", "triplets.k=4",

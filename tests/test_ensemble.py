@@ -66,6 +66,7 @@ def test_compute_counts_members_candidates(setup):
         run(Ensemble(setup[1]), setup, "random", 4)
 
 
+@pytest.mark.slow
 def test_ttc_stage_trains_the_members_and_logs_their_controls(tmp_path, monkeypatch, tracking_store_in, tiny_project):
     from ttclab.stages import Context
     from ttclab.tracking.store import Tracker
@@ -85,6 +86,7 @@ def test_ttc_stage_trains_the_members_and_logs_their_controls(tmp_path, monkeypa
     assert m["cost/forward_per_step"] == 2
 
 
+@pytest.mark.slow
 def test_prm_triplets_come_from_the_members_and_the_prm_ranks_them_in_ttc(tmp_path, monkeypatch, tracking_store_in,
                                                                          tiny_project):
     """build_prm with sampler `ensemble`: member i's k / M candidates are its deterministic prediction

@@ -116,6 +116,7 @@ def test_kill_9_of_train_is_closed_failed_by_the_next_stage_which_resumes_it(tmp
     assert "as FAILED" in line and str(proc.pid) in line
 
 
+@pytest.mark.slow
 def test_four_processes_on_a_fresh_store_train_the_operator_once(tmp_path, project):
     """A fresh store (no database file yet) and four `ttc` processes started together: no crash in
     MLflow's schema creation, one `train` run shared by all four, four `ttc` runs."""
@@ -135,6 +136,7 @@ def test_four_processes_on_a_fresh_store_train_the_operator_once(tmp_path, proje
     assert not [t for t in tables if t.startswith("_alembic_tmp")]
 
 
+@pytest.mark.slow
 def test_sigterm_of_a_sweep_reaches_its_workers(tmp_path, project, isolated_tracking):
     """SIGTERM reaches only the sweep's own process: it must pass it on to its workers, whose trial
     runs end KILLED (queued for retry), instead of waiting for them to finish the study."""
@@ -150,6 +152,7 @@ def test_sigterm_of_a_sweep_reaches_its_workers(tmp_path, project, isolated_trac
     assert trials and {r.info.status for r in trials} == {"KILLED"}
 
 
+@pytest.mark.slow
 def test_kill_9_of_a_sweep_worker_loses_and_duplicates_no_trial(tmp_path, project, isolated_tracking):
     """A real kill -9 of one of two workers mid-trial: the sweep still finishes exactly n_trials
     (the dead worker's trial is failed, queued again and run by the survivor), and its run is closed."""

@@ -87,6 +87,7 @@ def test_cli_reports_a_bad_spec_in_one_line(tmp_path, project, isolated_tracking
     assert "Traceback" not in result.output
 
 
+@pytest.mark.slow
 def test_two_workers_then_resume(tmp_path, project, isolated_tracking):
     spec = write_spec(tmp_path, project)
     tracker = Tracker(isolated_tracking)

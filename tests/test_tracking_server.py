@@ -31,6 +31,9 @@ TINY_SETS = [f"{k}={v}" for k, v in {**{f"problem.{k}": v for k, v in TINY_GRIDS
                                      **TINY_OVERRIDES, "ttc.branching": 3, "ttc.n_ics": 2}.items()]
 
 
+pytestmark = pytest.mark.slow  # a PostgreSQL cluster and an MLflow server per module: the slow tier
+
+
 @pytest.fixture(scope="module")
 def server():
     """(tracking URI, Optuna storage URL, artifacts folder) of a PostgreSQL-backed MLflow server."""
