@@ -2,9 +2,11 @@
 scheme (primitive MUSCL-minmod faces, HLL flux with Davis speeds, SSP-RK3, one CFL dt per batch
 step landing on each output time), on the same ICs, one thread, measured side by side.
 
-    python benchmarks/solver.py [--n 64] [--cells 128] [--repeats 3]
+    python benchmarks/solver.py [--n 64] [--cells 128] [--repeats 3] [--ndim 2]
 
-Prints both rates, their ratio, and the largest difference of the two solutions (round-off).
+Also times the previous torch formulation (the "before" of issue 15; tests/test_problems.py keeps
+it), all interleaved in each round. Prints the rates, ttclab's ratio to each, and the largest
+difference of the solutions (round-off). --ndim 2 runs euler2d without the (1D) numpy column.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -60,39 +63,80 @@ def numpy_solve(u0: np.ndarray, times: np.ndarray, gamma: float, dx: float, cfl:
     return u, steps
 
 
+def previous_solve(problem, u0: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
+    """The torch formulation before the in-place rewrite (tests/test_problems.py keeps it as the
+    reference the step must match), marched like fv.integrate -> final u."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from test_problems import previous_euler
+
+    max_dt, step = previous_euler(problem)
+    u, t = u0, float(times[0])
+    for t_next in times[1:].tolist():
+        while t < t_next - 1e-12:
+            dt = min(max_dt(u), t_next - t)
+            u, t = step(u, dt), t + dt
+    return u
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=64, help="trajectories in the batch")
-    parser.add_argument("--cells", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved torch/numpy pairs")
+    parser.add_argument("--cells", type=int, default=128, help="cells per axis")
+    parser.add_argument("--ndim", type=int, default=1, choices=(1, 2), help="2: euler2d, no numpy column")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds of all implementations")
     args = parser.parse_args()
     torch.set_num_threads(1)
     from ttclab.problems import make_problem
     from ttclab.problems.fv import integrate
     from ttclab.project import load_project
 
-    cfg = load_project(REPO / "projects" / "euler1d.yaml", [f"problem.n_cells={args.cells}", "problem.limiter=minmod"])
+    project = REPO / "projects" / f"euler{args.ndim}d.yaml"
+    cfg = load_project(project, [f"problem.n_cells={args.cells}", "problem.limiter=minmod"])
     problem = make_problem(cfg.problem)
     u0 = problem.to_conservative(problem.initial_conditions(args.n, torch.Generator().manual_seed(0)))
     times = torch.linspace(0.0, cfg.problem.t_end, cfg.problem.n_snapshots, dtype=torch.float64)
-    rates: dict[str, list[float]] = {"ttclab (torch float64)": [], "numpy reference (float64)": []}
+    solvers = {
+        "ttclab (torch float64)": lambda: integrate(u0, times, problem.rhs, problem.max_dt)[:, -1].numpy(),
+        "previous ttclab formulation": lambda: previous_solve(problem, u0, times).numpy(),
+    }
+    steps = []
+    if args.ndim == 1:
+        def numpy_column():
+            ref, n_steps = numpy_solve(u0.numpy(), times.numpy(), problem.gamma, problem.dx[0], cfg.problem.cfl)
+            steps.append(n_steps)
+            return ref
+        solvers["numpy reference (float64)"] = numpy_column
+    seconds: dict[str, list[float]] = {k: [] for k in solvers}
+    finals = {}
     for _ in range(args.repeats):
-        start = time.perf_counter()
-        ours = integrate(u0, times, problem.rhs, problem.max_dt)[:, -1].numpy()
-        ours_s = time.perf_counter() - start
-        start = time.perf_counter()
-        ref, steps = numpy_solve(u0.numpy(), times.numpy(), problem.gamma, problem.dx[0], cfg.problem.cfl)
-        ref_s = time.perf_counter() - start
-        updates = args.n * args.cells * steps
-        rates["ttclab (torch float64)"].append(updates / ours_s)
-        rates["numpy reference (float64)"].append(updates / ref_s)
-    print(f"{args.n} trajectories x {args.cells} cells, {steps} SSP-RK3 steps, 1 thread, "
-          f"load average {os.getloadavg()[0]:.2f}; max |difference| {np.abs(ours - ref).max():.1e}")
-    med = {k: statistics.median(v) for k, v in rates.items()}
-    for k, v in rates.items():
-        print(f"{k:28s} median {med[k]:.2e} cell-updates/s (max {max(v):.2e})")
-    ours_rate, ref_rate = med.values()
-    print(f"ttclab / numpy: {ours_rate / ref_rate:.2f}x")
+        for name, solve in solvers.items():
+            start = time.perf_counter()
+            finals[name] = solve()
+            seconds[name].append(time.perf_counter() - start)
+    if not steps:  # count the steps once, outside the timed rounds
+        steps.append(sum(1 for _ in _steps(problem, u0, times)))
+    updates = args.n * args.cells**args.ndim * steps[0]
+    ours = finals["ttclab (torch float64)"]
+    diff = max(float(np.abs(ours - v).max()) for v in finals.values())
+    print(f"euler{args.ndim}d: {args.n} trajectories x {args.cells}^{args.ndim} cells, {steps[0]} SSP-RK3 steps, "
+          f"1 thread, load average {os.getloadavg()[0]:.2f}; max |difference| to ttclab {diff:.1e}")
+    med = {k: updates / statistics.median(v) for k, v in seconds.items()}
+    for k, v in seconds.items():
+        print(f"{k:28s} median {med[k]:.2e} cell-updates/s (max {updates / min(v):.2e})")
+    for k in list(med)[1:]:
+        print(f"ttclab / {k}: {med['ttclab (torch float64)'] / med[k]:.2f}x")
+
+
+def _steps(problem, u0: torch.Tensor, times: torch.Tensor):
+    """Yield once per SSP-RK3 step of fv.integrate's schedule (the step count for 2D, no numpy column)."""
+    from ttclab.problems.fv import ssp_rk3
+
+    u, t = u0, float(times[0])
+    for t_next in times[1:].tolist():
+        while t < t_next - 1e-12:
+            dt = min(problem.max_dt(u), t_next - t)
+            u, t = ssp_rk3(u, dt, problem.rhs), t + dt
+            yield
 
 
 if __name__ == "__main__":
