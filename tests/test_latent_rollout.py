@@ -75,6 +75,10 @@ def test_latent_rollout_equals_physical_when_decoder_inverts_encoder(upt_setup):
                            generator=gen(), rollout=mode).trajectory for mode in ("physical", "latent")}
     torch.testing.assert_close(picked["latent"], picked["physical"], rtol=1e-4, atol=1e-5)
     assert not torch.allclose(picked["latent"], base["latent"])  # the noise really moved the picks
+    # the ensemble mean: the mean of the latents, decoded (D linear here: = the mean of the fields)
+    mean = {mode: search(m, data.normalizer, problem, truth, make_reward("ensemble"), branching=4, sampling_cfg=noisy,
+                         generator=gen(), rollout=mode).trajectory for mode in ("physical", "latent")}
+    torch.testing.assert_close(mean["latent"], mean["physical"], rtol=1e-4, atol=1e-5)
 
 
 def test_latent_candidates_are_the_physical_ones_at_the_first_step(upt_setup):

@@ -6,7 +6,11 @@ sampler, N, K, split, ICs and candidate seed, never on the selector under test o
 the same four rollouts. Each one is keyed by
 
     key = sha1(train closure sections, sampling, ttc less {reward, project_conservation},
-               operator/data file identity (path, size, mtime), device, control name, projection)
+               operator/data file identity (path, size, mtime), device, the rollout code's identity,
+               control name, projection)
+
+(the rollout code: a hash of the source of ttc/, sampling/, rewards/, models/ and problems/, so a
+control computed by other search code is never reused after an upgrade or a local edit)
 
 and stored with the run that computed it: artifact `controls/<label>.pt` (the trajectory), then
 tag `ttclab.control.<label>=<key>` (label `<name>` or `<name>_proj`; MLflow tag keys allow no `+`).
@@ -18,6 +22,7 @@ Within one process the evaluated rollout is also memoized (the demo's nine ttc r
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -43,13 +48,23 @@ def _file_identity(path) -> list:
     return [str(Path(path).resolve()), st.st_size, st.st_mtime_ns]
 
 
+@functools.lru_cache(maxsize=1)
+def _code_identity() -> str:
+    """sha1 of the source that computes a control rollout (search, candidates, rewards, operators, physics)."""
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha1()
+    for path in sorted(p for d in ("ttc", "sampling", "rewards", "models", "problems") for p in (root / d).rglob("*.py")):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def base_key(cfg, op_path, data_path, device) -> str:
     """Everything that determines a control rollout except which control and the projection flag."""
     d = cfg.to_dict()
     ttc = {k: v for k, v in d["ttc"].items() if k not in ("reward", "project_conservation")}
     sections = {s: d[s] for s in STAGES.get("train").key}
-    blob = json.dumps([sections, d["sampling"], ttc, _file_identity(op_path), _file_identity(data_path), str(device)],
-                      sort_keys=True, default=str)
+    blob = json.dumps([sections, d["sampling"], ttc, _file_identity(op_path), _file_identity(data_path), str(device),
+                       _code_identity()], sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 

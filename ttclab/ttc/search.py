@@ -100,7 +100,7 @@ def search(model, normalizer, problem, truth: torch.Tensor, reward: Reward, *, b
             out.model_evals += rows.sum()
             out.fallbacks += rows.sum()
         kept, parent, cum, slot = keep(cand_n, valid, scores, cum, b, k)
-        z = steps.carry(model, kept, cand_z, None if project else slot)  # a projected state is re-encoded
+        kept, z = steps.carry(model, correct, kept, x, cand_z, slot, valid)
         frames.append(kept)
         parents.append(parent)
         if on_step is not None:

@@ -38,17 +38,23 @@ def propose(model, x: torch.Tensor, z: torch.Tensor | None, n: int, reward, samp
     return cand, z_next
 
 
-def carry(model, kept: torch.Tensor, cand_z: torch.Tensor | None, slot: torch.Tensor | None) -> torch.Tensor | None:
-    """The latents of the kept states (B, K, C, *X) for the next step of a latent rollout, rows (B*K, *L):
-    the kept candidates' own latents (cand_z (R, N, *L) at `slot` (B, K) of each IC's K*N), or, when
-    a kept state is not a decoded candidate (projected, or an ensemble mean: slot None), E(kept).
-    None in a physical rollout."""
+def carry(model, correct, kept: torch.Tensor, x: torch.Tensor, cand_z: torch.Tensor | None,
+          slot: torch.Tensor | None, valid: torch.Tensor):
+    """-> (kept states (B, K, C, *X), their latents rows (B*K, *L) or None in a physical rollout).
+    A latent rollout never re-encodes (that would make it a physical one): the kept candidates carry
+    their own latents (cand_z (R, N, *L) at `slot` (B, K) of each IC's K*N), so a projected state's
+    latent is its unprojected candidate's (the projection corrects what rewards and metrics see); an
+    ensemble mean (slot None, K = 1) is the mean of the valid candidates' latents, decoded (and
+    corrected like a candidate)."""
     if cand_z is None:
-        return None
+        return kept, None
     if slot is None:
-        return model.encode(kept.flatten(0, 1))
+        w = valid.to(cand_z.dtype).view(*valid.shape, *[1] * (cand_z.ndim - 2))
+        z = (cand_z * w).sum(1) / w.sum(1).clamp_min(1.0)
+        mean, _ = correct(model.decode(z, x).unsqueeze(1), torch.arange(len(z), device=z.device))
+        return mean.view(kept.shape), z
     b = kept.shape[0]
-    return take(cand_z.reshape(b, -1, *cand_z.shape[2:]), slot).flatten(0, 1)
+    return kept, take(cand_z.reshape(b, -1, *cand_z.shape[2:]), slot).flatten(0, 1)
 
 
 class Corrector:
