@@ -75,9 +75,10 @@ def search(model, normalizer, problem, truth: torch.Tensor, reward: Reward, *, b
     keep = steps.KEEP[reward.aggregate]
     correct = steps.Corrector(problem, normalizer, problem.conserved(truth[:, 0]) if project else None)
     frames, parents = [normalizer.encode(truth[:, 0], nd).unsqueeze(1)], []
+    z = None  # latent rollouts: each kept row's latent, rows (R, *L)
     if rollout == "latent":
         check_latent(model)
-    z = model.encode(frames[0][:, 0]) if rollout == "latent" else None  # rows (R, *L), latent rollouts only
+        z = model.encode(frames[0][:, 0])
     cum = truth.new_zeros(b, 1)
     out = SearchResult(trajectory=truth)
     for t in range(n_steps):
