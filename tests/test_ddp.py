@@ -83,3 +83,24 @@ def test_two_ranks_with_batch_b_follow_one_process_with_batch_2b_and_resume(ddp_
     assert [s for s, _ in tracker.history(resumed[0].info.run_id, "train/loss")] == list(range(17, 25))
     for key in a:
         assert a[key] == pytest.approx(b[key], rel=RTOL), key
+
+
+@pytest.mark.slow
+def test_trc_on_two_ranks_follows_one_process_with_twice_the_batch(tmp_path, isolated_tracking):
+    """The controller trains through the same loop (training/loop.py:fit): 2 ranks x 8 == 1 x 16."""
+    from ttclab.tracking.store import Tracker
+
+    tiny = ["problem.n_train=48", "problem.n_val=16", "problem.n_test=24", "model.latent=16", "model.layers=1",
+            "model.H_cycles=2", "model.L_cycles=1", "trc.epochs=2", "trc.log_every=1"]
+    sets = [a for kv in tiny for a in ("--set", kv)]
+    tracker = Tracker(isolated_tracking)
+    ttclab("trc", "projects/double_integrator.yaml", *sets, "--set", "trc.batch_size=8", "--nproc", 2)
+    (ddp,) = tracker.runs({"ttclab.stage": "trc"})  # one run from two processes
+    ttclab("trc", "projects/double_integrator.yaml", *sets, "--set", "trc.batch_size=16")
+    (single,) = [r for r in tracker.runs({"ttclab.stage": "trc"}) if r.info.run_id != ddp.info.run_id]
+    assert len(tracker.runs({"ttclab.stage": "trc_data"})) == 1  # the teacher solved once, reused
+    for key in ("train/loss", "val/loss"):
+        a, b = ([v for _, v in tracker.history(r.info.run_id, key)] for r in (ddp, single))
+        assert len(a) == (6 if key == "train/loss" else 2) and a == pytest.approx(b, rel=RTOL), key
+    assert tracker.client.get_run(ddp.info.run_id).data.metrics["trc/cost_gap_pct"] == pytest.approx(
+        tracker.client.get_run(single.info.run_id).data.metrics["trc/cost_gap_pct"], rel=RTOL)
