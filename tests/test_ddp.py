@@ -104,3 +104,19 @@ def test_trc_on_two_ranks_follows_one_process_with_twice_the_batch(tmp_path, iso
         assert len(a) == (6 if key == "train/loss" else 2) and a == pytest.approx(b, rel=RTOL), key
     assert tracker.client.get_run(ddp.info.run_id).data.metrics["trc/cost_gap_pct"] == pytest.approx(
         tracker.client.get_run(single.info.run_id).data.metrics["trc/cost_gap_pct"], rel=RTOL)
+
+
+@pytest.mark.slow
+def test_train_prm_on_two_ranks_follows_one_process_with_twice_the_batch(ddp_project, isolated_tracking):
+    """The PRM trains through the same loop: 2 ranks x 4 states == 1 x 8; upstream runs made once."""
+    from ttclab.tracking.store import Tracker
+
+    tracker = Tracker(isolated_tracking)
+    ttclab("train_prm", ddp_project, "--set", "prm.epochs=2", "--set", "prm.batch_size=4", "--nproc", 2)
+    (ddp,) = tracker.runs({"ttclab.stage": "train_prm"})
+    ttclab("train_prm", ddp_project, "--set", "prm.epochs=2", "--set", "prm.batch_size=8")
+    (single,) = [r for r in tracker.runs({"ttclab.stage": "train_prm"}) if r.info.run_id != ddp.info.run_id]
+    assert [len(tracker.runs({"ttclab.stage": s})) for s in ("generate", "train", "build_prm")] == [1, 1, 1]
+    for key in ("train/loss", "val/loss"):
+        a, b = ([v for _, v in tracker.history(r.info.run_id, key)] for r in (ddp, single))
+        assert len(a) >= 2 and a == pytest.approx(b, rel=RTOL), key
