@@ -265,6 +265,10 @@ COMMAND_KEYS = {
               ("train.sampling", VALUES["train.sampling"]), ("train.target", VALUES["train.target"]),
               ("train.epochs", "epochs (best validation epoch kept)"), ("train.lr", "AdamW learning rate"),
               ("train.batch_size", "samples per optimizer step"), ("train.unroll", "> 1: k-step autoregressive loss"),
+              ("train.lambda_inv_enc", "loss=upt_inverse: weight of MSE(D(E(u)), u); also lambda_inv_dec, "
+               "inverse_warmup_epochs"),
+              ("train.query_sampling.enabled", "loss=upt_inverse: decode at query_sampling.num_queries cells "
+               "(strategy uniform | stratified)"),
               ("seed", "weights seed; --input init=<operator.pt> fine-tunes")],
     "build_prm": [("sampling.sampler", _N["samplers"], "(combine with +)"),
                   ("triplets.states", VALUES["triplets.states"]), ("triplets.label", VALUES["triplets.label"]),
@@ -308,7 +312,7 @@ def epilog(name: str) -> str:
     lines = ["\b", "Keys (--set KEY=VALUE); choices come from the registries:"]
     for key, what, *note in COMMAND_KEYS.get(name, ()):
         text = " | ".join(what) if isinstance(what, tuple) else what
-        lines.append(f"  {key:26s}{' '.join([text, *note])}")
+        lines.append(f"  {key:26s}{' ' if len(key) >= 26 else ''}{' '.join([text, *note])}")
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
