@@ -25,7 +25,7 @@ from ttclab.data.datasets import SplitData
 from ttclab.metrics.rollout import conservation_drift, mse_per_step, nrmse_per_step
 from ttclab.models.checkpoint import load_operator
 from ttclab.project import load_project
-from ttclab.stages import Context, set_threads
+from ttclab.stages import Context, configure_process
 from ttclab.stages.common import DATA, OPERATOR_ARTIFACT
 from ttclab.tracking.store import Tracker
 from ttclab.tracking.uris import default_tracking_uri
@@ -69,7 +69,7 @@ def main():
     ap.add_argument("--inverse", type=float, nargs=3, metavar=("ENC", "DEC", "WARMUP"))
     ap.add_argument("--set", dest="sets", action="append", default=[])
     args = ap.parse_args()
-    set_threads()
+    configure_process()
     ctx = Context(Tracker(default_tracking_uri()), progress=False)
     rows: dict[tuple[str, str], list[dict]] = {}
     for name, (project, sets) in variants(args).items():

@@ -23,7 +23,7 @@ import torch
 from ttclab.models import make_model
 from ttclab.problems import make_problem
 from ttclab.project import load_project
-from ttclab.stages import resolve_device, set_threads
+from ttclab.stages import resolve_device, configure_process
 from ttclab.training.loop import TrainConfig
 from ttclab.training.losses import upt_inverse
 from ttclab.training.queries import QuerySamplingConfig
@@ -52,7 +52,7 @@ def main():
     ap.add_argument("--device", default="auto")
     ap.add_argument("--set", dest="sets", action="append", default=[])
     args = ap.parse_args()
-    set_threads()
+    configure_process()
     device = resolve_device(args.device)
     cfg = load_project(args.project, args.sets)
     problem = make_problem(cfg.problem)

@@ -1,28 +1,31 @@
 """Sweep throughput, 1 worker vs 2 workers, measured side by side in one run.
 
 Every sweep runs the same spec (TTC trials with random ARM weights, so every trial costs the same)
-in one throwaway store; the operator is trained once and shared.
-Throughput is finished trials per hour from the Optuna study's timestamps, leaving out each worker
-process's first trial (imports and first-call warm-up), process start-up and the final report. Two workers
-get half the cores each (TTCLAB_THREADS). One worker is measured both with torch using every core
-and with one thread, and the faster is the baseline: on small TTC tensors torch's intra-op threads
-can cost more than they give (much more when other processes share the cores).
+in one throwaway store; the operator is trained once (by the first sweep) and shared. Each sweep is
+a fresh `python -m ttclab sweep` process, as a user runs it: an in-process sweep would inherit this
+script's warmed-up allocator and look faster than any real one (it did: 1.95 vs 2.8 s per trial,
+before process.keep_freed_memory). Throughput is finished trials per hour from the Optuna study's
+timestamps, leaving out each worker process's first trial (imports and first-call warm-up), process
+start-up and the final report. Setups: one worker with one torch thread (ttclab's default), the
+same with glibc's allocator untouched (TTCLAB_MALLOC=system), one worker with a thread per core, and
+one worker per core with one thread each.
 
     python benchmarks/sweep_workers.py [--trials 8] [--repeats 1]
 
-Prints each measurement and the min/median ratio over repeats (target on a 2-core machine: >= 1.8x).
+Prints each measurement and, over the interleaved repeats, min/median of the ratios (target on a
+2-core machine: >= 1.8x over one worker).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,36 +68,40 @@ def trials_per_hour(spec_path: Path) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=8, help="trials per sweep")
-    parser.add_argument("--repeats", type=int, default=1, help="alternating 1-worker/2-worker pairs")
+    parser.add_argument("--repeats", type=int, default=1, help="interleaved rounds of every setup")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="ttclab-bench-sweep-"))
-    os.environ["TTCLAB_HOME"] = str(folder)
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder / 'mlflow.db'}"
-    os.environ.pop("TTCLAB_THREADS", None)
-    from ttclab.sweep import run_sweep
-
+    env = {**os.environ, "TTCLAB_HOME": str(folder), "MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlflow.db'}"}
+    os.environ.update(env)
     project = folder / "bench.yaml"
     project.write_text(yaml.safe_dump(PROJECT))
     cores = len(os.sched_getaffinity(0))
-    setups = {f"1 worker x {cores} threads": (1, cores), "1 worker x 1 thread": (1, 1),
-              f"2 workers x {max(1, cores // 2)} thread(s)": (2, None)}
+    # name -> (workers, extra environment); a worker pool gets TTCLAB_THREADS = cores // workers itself
+    setups = {"1 worker x 1 thread": (1, {"TTCLAB_THREADS": "1"}),
+              "1 worker x 1 thread, system malloc": (1, {"TTCLAB_THREADS": "1", "TTCLAB_MALLOC": "system"}),
+              f"1 worker x {cores} threads": (1, {"TTCLAB_THREADS": str(cores)}),
+              f"{cores} workers x 1 thread": (cores, {})}
     rates: dict[str, list[float]] = {name: [] for name in setups}
     for rep in range(args.repeats):
-        for i, (name, (workers, threads)) in enumerate(setups.items()):
-            if threads is not None:  # the in-process worker; worker processes get TTCLAB_THREADS
-                torch.set_num_threads(threads)
+        for i, (name, (workers, extra)) in enumerate(setups.items()):
             path = folder / f"bench-{i}-{rep}.yaml"
             path.write_text(yaml.safe_dump(spec(path.stem, project, args.trials)))
-            run_sweep(path, workers=workers, quiet=True)
+            subprocess.run([sys.executable, "-m", "ttclab", "sweep", str(path), "--workers", str(workers), "--quiet"],
+                           env={**env, **extra}, check=True, stdout=subprocess.DEVNULL)
             rates[name].append(trials_per_hour(path))
             print(f"{name}, repeat {rep}: {rates[name][-1]:.0f} trials/hour", flush=True)
-    # One ratio per repeat (its 2-worker rate over the better 1-worker rate of the same repeat), so a
-    # burst of load from other jobs spoils one pair, not the summary: report min and median.
-    names = list(setups)
-    ratios = sorted(rates[names[2]][i] / max(rates[names[0]][i], rates[names[1]][i]) for i in range(args.repeats))
-    print(f"sweep throughput on {cores} cores, {args.repeats} interleaved repeat(s): 2 workers / best 1 worker "
-          f"min {ratios[0]:.2f}x, median {float(np.median(ratios)):.2f}x, max {ratios[-1]:.2f}x "
-          f"(target >= 1.8x); load average {os.getloadavg()[0]:.1f}")
+    one, system, threads, pool = (rates[n] for n in setups)
+
+    def summary(label: str, num: list[float], den: list[float]) -> str:
+        r = sorted(a / b for a, b in zip(num, den))
+        return f"{label}: min {r[0]:.2f}x, median {float(np.median(r)):.2f}x, max {r[-1]:.2f}x"
+
+    print(f"sweep throughput on {cores} cores, {args.repeats} interleaved repeat(s), load average "
+          f"{os.getloadavg()[0]:.1f}:\n  " + "\n  ".join([
+              summary(f"{cores} workers / 1 worker x 1 thread (target >= 1.8x)", pool, one),
+              summary(f"{cores} workers / best 1 worker", pool, [max(a, b) for a, b in zip(one, threads)]),
+              summary(f"1 worker x {cores} threads / 1 thread", threads, one),
+              summary("tuned / system allocator, 1 worker x 1 thread", one, system)]))
     print(f"(store kept in {folder})", file=sys.stderr)
 
 

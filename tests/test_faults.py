@@ -204,3 +204,17 @@ def group_members(pgid: int) -> list[int]:
         if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
             members.append(int(stat.parent.name))
     return members
+
+
+def test_allocator_keeps_freed_memory_unless_opted_out(monkeypatch):
+    """glibc accepts both thresholds (mallopt returns 1 for each); TTCLAB_MALLOC=system leaves the
+    allocator alone. Elsewhere (no glibc) the call is a no-op that says so."""
+    import ctypes.util
+    import platform
+
+    from ttclab.process import keep_freed_memory
+
+    glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc" and ctypes.util.find_library("c")
+    assert keep_freed_memory() is bool(glibc)
+    monkeypatch.setenv("TTCLAB_MALLOC", "system")
+    assert keep_freed_memory() is False

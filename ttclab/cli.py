@@ -101,7 +101,7 @@ def _parse_inputs(stage: str, items: tuple[str, ...]) -> dict[str, str]:
 
 def run_stage(name: str, project: str, overrides, device: str, seed, inputs, quiet: bool, tracking_uri=None):
     from .project import load_project
-    from .stages import Context, resolve_device, set_threads, unread_inputs
+    from .stages import Context, resolve_device, configure_process, unread_inputs
     from .tracking.follower import Follower
     from .tracking.store import Tracker
     from .training import distributed
@@ -123,7 +123,7 @@ def run_stage(name: str, project: str, overrides, device: str, seed, inputs, qui
             main_rank = distributed.rank() == 0
             ctx = Context(tracker, distributed.init_from_env(resolve_device(device)), progress=not quiet and main_rank,
                           inputs=given)
-            set_threads()
+            configure_process()
             try:
                 run_id, outputs = ctx.run(name, cfg)
             finally:
@@ -354,10 +354,10 @@ def ui(project, port):
 @click.option("--quiet", is_flag=True, help="Only errors and the final summary line.")
 def sweep(spec, workers, n_trials, storage, resume, device, quiet):
     """Run (or continue) an Optuna sweep from a YAML spec: one nested MLflow run per trial."""
-    from .stages import set_threads
+    from .stages import configure_process
     from .sweep import run_sweep
 
-    set_threads()
+    configure_process()
     with reported():
         try:
             summary = run_sweep(spec, workers=workers, n_trials=n_trials or None, storage=storage, fresh=not resume,

@@ -1,11 +1,14 @@
 """The operating-system side of a run: who runs it (host, PID, PID start time), whether that process
-still lives, SIGTERM treated like Ctrl-C, and advisory file locks between processes of one machine.
+still lives, SIGTERM treated like Ctrl-C, advisory file locks between processes of one machine, and
+an allocator that keeps freed tensor memory.
 
 Standard library only, so tracking, stages and sweeps can all use it.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import fcntl
 import os
 import signal
@@ -166,3 +169,28 @@ def own_usage():
         if _OPEN:
             _OPEN[-1].seconds -= time.perf_counter() - start
         _reset_high_water()
+
+
+# Keep freed tensor memory in the process instead of handing it back to the OS (glibc only).
+#
+# A TTC step allocates candidate batches of a few MB (N x B x width x cells floats), far above
+# glibc's initial 128 KB mmap threshold, and frees them a moment later. Each such buffer is then a
+# fresh mmap whose pages the kernel faults in and zeroes on first touch, and is unmapped on free: in
+# a new process (a CLI stage, a sweep worker) that made a TTC trial 1.37x slower than the same trial
+# in a long-lived process whose allocator had adapted (2.8 vs 2.05 s, benchmarks/sweep_workers.py).
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameter numbers (malloc.h)
+MMAP_THRESHOLD = 32 * 1024 * 1024  # glibc's largest accepted value on 64-bit
+TRIM_THRESHOLD = 1024 * 1024 * 1024
+
+
+def keep_freed_memory() -> bool:
+    """Serve blocks up to 32 MB from the heap and trim it only above 1 GB free, so freed tensor pages
+    stay mapped between steps (peak RSS unchanged; it is just not given back). False without glibc
+    or with TTCLAB_MALLOC=system (the opt-out benchmarks/sweep_workers.py compares against)."""
+    if os.environ.get("TTCLAB_MALLOC", "tuned") == "system":
+        return False
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError):  # musl, macOS, Windows: their allocator stays as it is
+        return False
+    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))

@@ -7,12 +7,12 @@ import sys
 
 from ..errors import UserError
 from ..process import raise_on_sigterm
-from ..stages import set_threads
+from ..stages import configure_process
 from .worker import job_from_process, work
 
 
 def main(argv: list[str]) -> int:
-    set_threads()
+    configure_process()
     raise_on_sigterm()  # the runner passes a SIGTERM on: end the trial's run KILLED and queue it again
     try:
         work(job_from_process(argv[0]))
