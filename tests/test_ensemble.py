@@ -83,6 +83,8 @@ def test_ttc_stage_trains_the_members_and_logs_their_controls(tmp_path, monkeypa
         assert len(pids) == 2 and str(os.getpid()) not in pids
     final = cfg.problem.n_snapshots - 1
     assert m[f"control/member1/rollout_mse/h{final}"] != m[f"control/baseline/rollout_mse/h{final}"]
+    assert m[f"control/member0/rollout_mse/h{final}"] == m[f"control/baseline/rollout_mse/h{final}"]  # unprojected
+    assert {"gain_vs/member0/ci_lo", "gain_vs/member1/within_noise"} <= set(m)  # compare's vs best member column
     assert m["cost/forward_per_step"] == 2
 
 

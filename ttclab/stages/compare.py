@@ -1,7 +1,8 @@
 """Stage `compare`: the side-by-side table of the newest ttc run per selector (and projection flag)
 that share one comparison key (same data, operator, sampler, N, K, split); with
 `compare.across: operators`, of the ttc runs of every project evaluated on the same held-out ICs
-(stages/compare_operators.py), a row per operator set-up and selector."""
+(stages/compare_operators.py), a row per operator set-up and selector. An ensemble comparison also
+shows its best single member: a row per projection flag and every row's gain over it."""
 
 from __future__ import annotations
 
@@ -136,46 +137,86 @@ def choices(tracker, cfg, rows) -> list[str]:
     return notes
 
 
+def interval(m: dict, key: str = "sample_gain") -> tuple[float, float] | None:
+    """The 95% interval of gain `key` that "within noise" reads. One seed: the run's paired bootstrap
+    interval over ICs. Several: the union of mean +- 1.96 s.e. across seeds and the seeds' mean
+    bootstrap interval, because candidates that do not depend on the seed (a noise-free ensemble's
+    ARM or oracle) give s.e. 0 while the ICs still scatter; the mean of the seeds' bounds is about as
+    wide as, or wider than, the bootstrap of their mean gain. None: neither was logged."""
+    spans = []
+    if m.get("seeds/n", 1) > 1 and f"{key}/mean/se" in m:
+        mid, half = m[f"{key}/mean"], 1.96 * m[f"{key}/mean/se"]
+        spans.append((mid - half, mid + half))
+    if f"{key}/ci_lo" in m:
+        spans.append((m[f"{key}/ci_lo"], m[f"{key}/ci_hi"]))
+    return (min(lo for lo, _ in spans), max(hi for _, hi in spans)) if spans else None
+
+
 def within_noise(m: dict, key: str = "sample_gain") -> bool:
-    """One seed: the run's paired bootstrap 95% interval over ICs includes 0. Several seeds: the
-    interval mean +- 1.96 s.e. across seeds includes 0."""
-    if m.get("seeds/n", 1) > 1:
-        return abs(m[f"{key}/mean"]) <= 1.96 * m[f"{key}/mean/se"]
-    return m.get(f"{key}/within_noise", 1.0) > 0
+    """`interval(m, key)` includes 0 (no interval logged: nothing shows it is not noise)."""
+    span = interval(m, key)
+    return span is None or span[0] <= 0.0 <= span[1]
+
+
+def best_member(m: dict, final: int) -> int | None:
+    """The ensemble member whose own rollout (`control/member<i>`, under the row's projection flag)
+    has the lowest final-step MSE, mean over the row's seeds; None for runs without member controls
+    (not an ensemble, or logged before member 0 was one of them)."""
+    mse = {int(found[1]): v for k, v in m.items()
+           if (found := re.fullmatch(rf"control/member(\d+)/rollout_mse/h{final}", k))}
+    return min(mse, key=mse.get) if 0 in mse else None
+
+
+def with_best_members(rows: list[tuple], final: int) -> list[tuple]:
+    """`rows` with a row `best member (member<i>)` after the first row of each projection flag
+    (`...+proj` for the projected members): the best single member's final MSE and SampleGain over
+    the baseline, from the member controls every ensemble run logs, and its one forward pass per
+    step. It is no run of its own: run id "" and no seeds' runs."""
+    out, done = [], set()
+    for row in rows:
+        out.append(row)
+        proj, m = row[0].endswith("+proj"), row[2]
+        i = best_member(m, final)
+        if i is None or proj in done:
+            continue
+        done.add(proj)
+        c = f"control/member{i}"
+        member = {"seeds/n": m["seeds/n"], "cost/forward_per_step": 1.0}  # deterministic: one pass per step
+        kept = tuple(f"{c}/{k}" for k in (f"rollout_mse/h{final}", "sample_gain/mean", "sample_gain/improved_frac"))
+        member |= {k.removeprefix(c + "/"): v for k, v in m.items() if k.startswith(kept)}  # with their /se
+        out.append((f"best member (member{i}){'+proj' if proj else ''}", "", member, []))
+    return out
+
+
+def reported_horizons(rows) -> list[int]:
+    return sorted({int(k.rsplit("h", 1)[1]) for _, _, m, _ in rows for k in m
+                   if k.startswith("rollout_nrmse/h") and not k.endswith("/se")})
 
 
 def table(rows: list[tuple[str, str, dict, list[str]]]) -> tuple[list[str], list[list[str]]]:
     """The comparison's header and rows (strings): per row errors at every horizon, final MSE
     (mean +- s.e. over candidate seeds), drifts, SampleGain with its interval and within-noise
-    flag, gain over the random pick and the ensemble mean, compute per IC, and the cost of each run:
-    the search's wall time, the whole run's (`cost/run_s`, controls included) and its peak resident
-    memory (`cost/peak_rss_mb`); `Context.run` logs both for every stage run, upstream runs made
-    inside it left out."""
+    flag, gain over the random pick, the ensemble mean and (ensembles) the best single member,
+    compute per IC, and the cost of each run: the search's wall time, the whole run's (`cost/run_s`,
+    controls included) and its peak resident memory (`cost/peak_rss_mb`); `Context.run` logs both
+    for every stage run, upstream runs made inside it left out."""
     if not rows:
         return [], []
-    horizons = sorted({int(k.rsplit("h", 1)[1]) for _, _, m, _ in rows for k in m
-                       if k.startswith("rollout_nrmse/h") and not k.endswith("/se")})
+    horizons = reported_horizons(rows)
     final = horizons[-1]
     header = (["selector", "seeds"] + [f"nRMSE h{h}" for h in horizons] + [f"MSE h{final}", f"cRMSE h{final}"]
               + ["drift mass", "drift momentum", "drift energy", "SampleGain mean %", "95% CI", "within noise",
-                 "vs random %", "vs ens. mean %", "improved", "Spearman", "fwd/IC/step", "model evals/IC",
-                 "reward evals/IC", "wall s", "run s", "peak RSS MB"])
+                 "vs random %", "vs ens. mean %", "vs best member %", "improved", "Spearman", "fwd/IC/step",
+                 "model evals/IC", "reward evals/IC", "wall s", "run s", "peak RSS MB"])
     body = []
-    for name, _, m, _ in rows:
+    for name, _, m, runs in rows:
         def f(key, fmt="{:.3e}"):
             if key not in m:
                 return "-"
             se = m.get(f"{key}/se", 0.0)
             return fmt.format(m[key]) + (f" ± {fmt.format(se).lstrip('+')}" if m["seeds/n"] > 1 else "")
 
-        def ci(key):
-            if m["seeds/n"] > 1 and f"{key}/mean/se" in m:
-                lo, hi = m[f"{key}/mean"] - 1.96 * m[f"{key}/mean/se"], m[f"{key}/mean"] + 1.96 * m[f"{key}/mean/se"]
-            elif f"{key}/ci_lo" in m:
-                lo, hi = m[f"{key}/ci_lo"], m[f"{key}/ci_hi"]
-            else:
-                return "-"
-            return f"[{lo:+.1f}, {hi:+.1f}]"
+        span = interval(m) if runs else None  # a row that is no run (best member) has no interval over ICs
 
         def vs(ref):
             key = f"gain_vs/{ref}"
@@ -188,11 +229,14 @@ def table(rows: list[tuple[str, str, dict, list[str]]]) -> tuple[list[str], list
             keys = [f"conservation/{k}/h{final}" for k in (q, f"{q}_x", f"{q}_y") if f"conservation/{k}/h{final}" in m]
             return f(max(keys, key=m.get), "{:.1e}") if keys else "-"
 
-        noise = "-" if "sample_gain/mean" not in m else ("yes" if within_noise(m) else "no")
+        ci = "-" if span is None else f"[{span[0]:+.1f}, {span[1]:+.1f}]"
+        noise = "-" if span is None else ("yes" if span[0] <= 0.0 <= span[1] else "no")
+        best = best_member(m, final)
         body.append([name, f"{m['seeds/n']:.0f}"] + [f(f"rollout_nrmse/h{h}", "{:.4f}") for h in horizons]
                     + [f(f"rollout_mse/h{final}"), f(f"rollout_crmse/h{final}", "{:.1e}")]
                     + [drift(q) for q in ("mass", "momentum", "energy")]
-                    + [f("sample_gain/mean", "{:+.1f}"), ci("sample_gain"), noise, vs("random"), vs("ensemble"),
+                    + [f("sample_gain/mean", "{:+.1f}"), ci, noise, vs("random"), vs("ensemble"),
+                       "-" if best is None else vs(f"member{best}"),
                        f("sample_gain/improved_frac", "{:.0%}"), f("reward/spearman", "{:+.3f}"),
                        f("cost/forward_per_step", "{:.1f}"), f("cost/model_evals", "{:.0f}"),
                        f("cost/reward_evals", "{:.0f}"), f("cost/wall_s", "{:.1f}"), f("cost/run_s", "{:.1f}"),
@@ -230,9 +274,11 @@ def compare(cfg, ctx, run):
     if not rows:
         raise ConfigError(f"no finished ttc runs for project {cfg.name!r} with this config yet; "
                          f"run `ttclab ttc` (or `ttclab demo`) first")
-    header, body = table(rows)
+    shown = with_best_members(rows, reported_horizons(rows)[-1])
+    header, body = table(shown)
     names = {r: ctx.tracker.run_info(r).info.run_name for _, r, _, _ in rows}
-    header, body = header + ["run"], [line + [names[r]] for line, (_, r, _, _) in zip(body, rows)]
+    header, body = header + ["run"], [line + [names.get(r, "member controls of the runs")]
+                                      for line, (_, r, _, _) in zip(body, shown)]
     text = publish(run, header, body, rows, names, choices(ctx.tracker, cfg, rows),
                    series(ctx.tracker, cfg, rows, names), f"ttclab/{cfg.name}: TTC comparison ({cfg.ttc.split} split)")
     print(f"\nTTC comparison, {cfg.name}, {cfg.ttc.split} split, N={cfg.ttc.branching}, K={cfg.ttc.beam}, "

@@ -133,12 +133,13 @@ def _load(cfg, ctx) -> Rollouts:
 
 
 def _member_controls(r: Rollouts) -> dict:
-    """Each ensemble member's own deterministic rollout, `member<i>` (member 0 is the baseline), so
-    the best single member is visible next to the ensemble's selectors."""
+    """Each ensemble member's own deterministic rollout, `member<i>`, under the run's projection flag
+    (member 0 too: projected, it is not the unprojected baseline), so the best single member is
+    visible next to the ensemble's selectors and compare can rank them like for like."""
     if not isinstance(r.model, Ensemble):
         return {}
     out = {}
-    for i, member in enumerate(r.model.members[1:], start=1):
+    for i, member in enumerate(r.model.members):
         res = search(member, r.normalizer, r.problem, r.truth, _reward("baseline", r.cfg, r.ctx, r.problem),
                      sampling_cfg=r.cfg.sampling, project=r.cfg.ttc.project_conservation, rollout=r.cfg.ttc.rollout)
         out[f"member{i}"] = _evaluate(r.problem, r.truth, res.trajectory, r.cfg.ttc.corr_threshold)
@@ -221,7 +222,8 @@ def ttc(cfg, ctx, run):
     controls |= _member_controls(r)
     metrics = _selector_metrics(ev, base, main, horizons, truth.shape[0])
     metrics |= _control_metrics(base, controls, horizons, steps)
-    for ref in ("random", "ensemble"):  # what a reward must beat: the same candidates picked blindly or averaged
+    # What a reward must beat: the same candidates picked blindly or averaged, and each single member.
+    for ref in ("random", "ensemble", *(name for name in controls if name.startswith("member"))):
         if ref in controls:
             metrics |= gain_with_ci(controls[ref]["mse"][:, -1], ev["mse"][:, -1], f"gain_vs/{ref}")
     final = metrics[f"rollout_mse/h{steps}"]
