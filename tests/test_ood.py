@@ -177,5 +177,5 @@ def test_ranking_curves_number_the_steps_from_one_and_skip_unranked_steps():
     from ttclab.metrics.prm import ranking_curves
 
     good, err = torch.tensor([[2.0, 1.0]]), torch.tensor([[0.1, 0.2]])
-    out = ranking_curves([good, -good, torch.zeros(1, 1)], [err, err, torch.zeros(1, 1)])
+    out = ranking_curves([good, -good, torch.zeros(1, 1)], {"next": [err, err, torch.zeros(1, 1)]})
     assert out["next/best_pick"] == {1: 1.0, 2: 0.0}

@@ -229,3 +229,51 @@ def test_example_figure_is_drawn_on_the_problems_cell_centres(monkeypatch):
     stage._artifacts(Run(), problem, truth, ev, ev, torch.zeros(2), {"baseline": ev["mse"].mean(0)}, [1, 2],
                      "arm", truth)
     assert seen["x"][0] == pytest.approx(-1 + 1 / 32) and seen["x"][-1] == pytest.approx(1 - 1 / 32)
+
+
+def test_a_look_ahead_is_recorded_beside_the_errors_and_never_changes_the_rollout(setup):
+    """search's look_ahead is a diagnostic: given the next-state MSE as its yardstick it records
+    exactly the errors it is recorded beside, and the rollout is the one without it, bit for bit."""
+    cfg, problem, data, model = setup
+    truth, norm = data["test"], data.normalizer
+    reward = make_reward("arm", problem=problem, arm=ARMConfig())
+
+    def next_state_error(t, cand, ic):
+        return ((cand - truth[ic, t + 1].unsqueeze(1)) ** 2).flatten(2).mean(2)
+
+    plain = search(model, norm, problem, truth, reward, branching=3, sampling_cfg=cfg.sampling, generator=gen())
+    seen = search(model, norm, problem, truth, reward, branching=3, sampling_cfg=cfg.sampling, generator=gen(),
+                  look_ahead=next_state_error)
+    assert torch.equal(seen.trajectory, plain.trajectory) and not plain.ahead
+    assert len(seen.ahead) == truth.shape[1] - 1
+    for ahead, errors in zip(seen.ahead, seen.errors):
+        assert torch.equal(ahead, errors)
+
+
+def test_ttc_ranks_against_the_error_h_steps_ahead_at_its_stated_cost(isolated_tracking, tiny_project):
+    """ttc.rank_horizon = H continues each candidate of step t min(H, T-1-t) deterministic steps:
+    N * sum_t min(H, T-1-t) / T diagnostic passes per IC and step, none counted as the selector's
+    compute; at the last step (H capped to 0) the horizon ranking is the next-state one; the rollout,
+    its controls and its comparison are those of the run without the diagnostic."""
+    from mlflow.tracking import MlflowClient
+
+    from ttclab.stages import Context
+    from ttclab.stages.ttc import comparison_key
+    from ttclab.tracking.store import Tracker
+
+    sets = ("ttc.reward=arm", "ttc.branching=3")
+    cfg, plain_cfg = tiny_project("euler1d", *sets, "ttc.rank_horizon=2"), tiny_project("euler1d", *sets)
+    ctx = Context(Tracker(isolated_tracking), progress=False)
+    run_id, out = ctx.run("ttc", cfg)
+    _, plain = ctx.run("ttc", plain_cfg)
+    steps = 8  # tiny euler1d: 9 snapshots
+    assert out["cost/diagnostic_forward_per_step"] == 3 * sum(min(2, steps - 1 - t) for t in range(steps)) / steps
+    assert plain["cost/diagnostic_forward_per_step"] == 0
+    assert out["cost/forward_per_step"] == plain["cost/forward_per_step"]
+    assert out[f"rollout_mse/h{steps}"] == plain[f"rollout_mse/h{steps}"]
+    assert -1 <= out["reward/spearman_horizon"] <= 1 and "reward/spearman_horizon" not in plain
+    assert comparison_key(cfg) == comparison_key(plain_cfg)
+    client = MlflowClient(isolated_tracking)
+    last = {k: [m.value for m in client.get_metric_history(run_id, f"reward/by_step/{k}/spearman") if m.step == steps]
+            for k in ("next", "horizon")}
+    assert last["horizon"] == last["next"] and len(last["next"]) == 1

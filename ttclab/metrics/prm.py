@@ -125,11 +125,13 @@ def ranking_by_step(scores: torch.Tensor, errors: dict[str, torch.Tensor], steps
     return out
 
 
-def ranking_curves(scores_per_step: list[torch.Tensor], errors_per_step: list[torch.Tensor]) -> dict[str, dict[int, float]]:
-    """ranking_by_step for a TTC run's record of one (B_t, N) scores/next-state-MSE pair per rollout
-    step (step t + 1 for list entry t); steps without candidates to rank (N < 2) are skipped."""
-    kept = [(t + 1, s, e) for t, (s, e) in enumerate(zip(scores_per_step, errors_per_step)) if s.shape[1] > 1 and len(s)]
+def ranking_curves(scores_per_step: list[torch.Tensor], errors: dict[str, list[torch.Tensor]]) -> dict[str, dict[int, float]]:
+    """ranking_by_step for a TTC run's record of one (B_t, N) scores tensor per rollout step (step t + 1
+    for list entry t) and, per yardstick name (e.g. "next", "horizon"), the same steps' (B_t, N)
+    errors; steps without candidates to rank (N < 2) are skipped."""
+    kept = [t for t, s in enumerate(scores_per_step) if s.shape[1] > 1 and len(s)]
     if not kept:
         return {}
-    steps = torch.cat([torch.full((len(s),), t) for t, s, _ in kept])
-    return ranking_by_step(torch.cat([s for _, s, _ in kept]), {"next": torch.cat([e for _, _, e in kept])}, steps)
+    steps = torch.cat([torch.full((len(scores_per_step[t]),), t + 1) for t in kept])
+    return ranking_by_step(torch.cat([scores_per_step[t] for t in kept]),
+                           {name: torch.cat([per_step[t] for t in kept]) for name, per_step in errors.items()}, steps)

@@ -5,7 +5,7 @@ sampler, N, K, split, ICs and candidate seed, never on the selector under test o
 (`arm`, `prm` sections). So a sweep over ARM weights, or a second `ttclab ttc` call, would repeat
 the same four rollouts. Each one is keyed by
 
-    key = sha1(train closure sections, sampling, ttc less {reward, project_conservation},
+    key = sha1(train closure sections, sampling, ttc less search.SELECTOR_KEYS (reward, projection, ...),
                operator/data file identity (path, size, mtime), device, the rollout code's identity,
                control name, projection)
 
@@ -32,6 +32,7 @@ from typing import Callable
 
 import torch
 
+from ..ttc.search import SELECTOR_KEYS
 from . import STAGES
 
 _MEMO: dict = {}
@@ -61,7 +62,7 @@ def _code_identity() -> str:
 def base_key(cfg, op_path, data_path, device) -> str:
     """Everything that determines a control rollout except which control and the projection flag."""
     d = cfg.to_dict()
-    ttc = {k: v for k, v in d["ttc"].items() if k not in ("reward", "project_conservation")}
+    ttc = {k: v for k, v in d["ttc"].items() if k not in SELECTOR_KEYS}
     sections = {s: d[s] for s in STAGES.get("train").key}
     blob = json.dumps([sections, d["sampling"], ttc, _file_identity(op_path), _file_identity(data_path), str(device),
                        _code_identity()], sort_keys=True, default=str)

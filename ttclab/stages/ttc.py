@@ -28,7 +28,8 @@ from ..rewards import control_names, make_reward, selector_names
 from ..tracking import figures
 from ..models.checkpoint import load_operator
 from ..sampling.ensemble import Ensemble, member_seeds
-from ..ttc.search import SearchResult, search
+from ..training.triplet import horizon_errors
+from ..ttc.search import SELECTOR_KEYS, SearchResult, search
 from . import STAGES, stage
 from . import controls as control_cache
 from .common import DATA, OPERATOR, PRM, data_path, operator_path
@@ -49,9 +50,9 @@ def comparison_key(cfg) -> str:
     """Runs that share this key differ only in the selector, the projection flag and the candidate
     seed, so they belong in one comparison table (same data, operator, PRM, sampler, N, K, split, ICs),
     a row per selector and projection flag, aggregated over candidate seeds: every section of the ttc
-    stage's key, its upstream ones included, with ttc less those two and sampling less its seed."""
+    stage's key, its upstream ones included, with ttc less search.SELECTOR_KEYS and sampling less its seed."""
     d = cfg.to_dict()
-    ttc = {k: v for k, v in d["ttc"].items() if k not in ("reward", "project_conservation")}
+    ttc = {k: v for k, v in d["ttc"].items() if k not in SELECTOR_KEYS}
     sampling = {k: v for k, v in d["sampling"].items() if k != "seed"}
     blob = json.dumps([cfg.key(*(s for s in STAGES.get("ttc").key if s not in ("ttc", "sampling"))), ttc, sampling],
                       sort_keys=True)
@@ -93,13 +94,33 @@ class Rollouts:
     truth: torch.Tensor
     memo: str  # controls.base_key: with (name, projection), everything that determines a control
 
-    def run(self, name: str, project: bool, on_step=None) -> SearchResult:
+    def run(self, name: str, project: bool, on_step=None, look_ahead=None) -> SearchResult:
         t = self.cfg.ttc
         gen = torch.Generator(device=self.ctx.device).manual_seed(self.cfg.sampling.seed)
         reward = _reward(name, self.cfg, self.ctx, self.problem)
         return search(self.model, self.normalizer, self.problem, self.truth, reward, branching=t.branching, beam=t.beam,
                       sampling_cfg=self.cfg.sampling, project=project, generator=gen, on_step=on_step,
-                      rollout=t.rollout)
+                      rollout=t.rollout, look_ahead=look_ahead)
+
+    def look_ahead(self) -> tuple[Any, list[int]]:
+        """ttc.rank_horizon = H: search's look_ahead (the error of each candidate of step t after H more
+        deterministic steps, H capped at the data's end, reduced like triplets.label_reduce: the
+        PRM's horizon label, training.triplet.horizon_errors), and a counter of its forward passes.
+        The continuation reads fields (the operator's own step, member 0 of an ensemble), in a
+        latent rollout too, as build_prm's labels do."""
+        nd, last, count = self.problem.ndim, self.truth.shape[1] - 1, [0]
+
+        def step(u):
+            count[0] += len(u)
+            return self.normalizer.decode(self.model(self.normalizer.encode(u, nd)), nd)
+
+        def look(t, cand, ic):
+            ahead = t + 1 + torch.arange(min(self.cfg.ttc.rank_horizon, last - t - 1) + 1, device=cand.device)
+            future = self.truth[ic.unsqueeze(1), ahead]  # (R, H+1, C, *X): frames t+1 .. t+1+H
+            valid = torch.ones(future.shape[:2], dtype=torch.bool, device=cand.device)
+            return horizon_errors(step, cand, future, valid, self.cfg.triplets.label_reduce)
+
+        return look, count
 
     def reference(self, name: str, project: bool) -> dict:
         """A control rollout, evaluated; computed once per comparison across processes (see controls.py)."""
@@ -181,11 +202,12 @@ def _selector_metrics(ev, base, main: SearchResult, horizons, n_ics) -> dict:
                 "cost/wall_s": main.wall_s, "cost/fallbacks": main.fallbacks, "ttc/n_ics": n_ics,
                 "cost/projection_refused": main.projection_refused,
                 "cost/projection_partial": main.projection_partial}
-    if main.scores:
-        scores, errors = torch.cat(main.scores), torch.cat(main.errors)
-        if scores.shape[1] > 1:
-            metrics["reward/spearman"] = float(spearman(scores, errors).mean())
-            metrics["reward/best_pick_rate"] = best_pick_rate(scores, errors)
+    if main.scores and main.scores[0].shape[1] > 1:
+        scores = torch.cat(main.scores)
+        for suffix, per_step in (("", main.errors), ("_horizon", main.ahead)):  # vs next-state, vs H-step error
+            if per_step:
+                metrics[f"reward/spearman{suffix}"] = float(spearman(scores, torch.cat(per_step)).mean())
+                metrics[f"reward/best_pick_rate{suffix}"] = best_pick_rate(scores, torch.cat(per_step))
     for term, (chosen, mean, count) in main.terms.items():
         metrics[f"reward/terms/{term}/chosen"] = chosen / count
         metrics[f"reward/terms/{term}/all"] = mean / count
@@ -216,11 +238,13 @@ def ttc(cfg, ctx, run):
     steps = truth.shape[1] - 1
     horizons = default_horizons(steps, t.horizons)
     base = r.reference("baseline", False)
-    main = r.run(t.reward, t.project_conservation, on_step=_pruning_report(run, truth, horizons))
+    look, diagnostic_passes = r.look_ahead() if t.rank_horizon else (None, [0])
+    main = r.run(t.reward, t.project_conservation, on_step=_pruning_report(run, truth, horizons), look_ahead=look)
     ev = _evaluate(r.problem, truth, main.trajectory, t.corr_threshold)
     controls = {name: r.reference(name, t.project_conservation) for name in control_names() if name != t.reward}
     controls |= _member_controls(r)
     metrics = _selector_metrics(ev, base, main, horizons, truth.shape[0])
+    metrics["cost/diagnostic_forward_per_step"] = diagnostic_passes[0] / truth.shape[0] / steps
     metrics |= _control_metrics(base, controls, horizons, steps)
     # What a reward must beat: the same candidates picked blindly or averaged, and each single member.
     for ref in ("random", "ensemble", *(name for name in controls if name.startswith("member"))):
@@ -232,13 +256,15 @@ def ttc(cfg, ctx, run):
     run.log(metrics)
     for h in range(1, steps + 1):
         run.log({"rollout_mse": float(ev["mse"][:, h].mean()), "rollout_nrmse": float(ev["nrmse"][:, h].mean())}, h)
-    ranking = ranking_curves(main.scores, main.errors)  # where along the rollout the reward stops ranking
+    # where along the rollout the reward stops ranking, against the next-state and the H-step error
+    ranking = ranking_curves(main.scores, {"next": main.errors} | ({"horizon": main.ahead} if main.ahead else {}))
     for name, curve in ranking.items():
         for h, value in curve.items():
             run.log({f"reward/by_step/{name}": value}, h)
     if ranking:
         by_step = {name: np.array([curve.get(h, np.nan) for h in range(steps + 1)]) for name, curve in ranking.items()}
-        run.text(figures.curves(by_step, f"Ranking of the {t.reward} scores vs true next-state error, per step",
+        run.text(figures.curves(by_step, f"Ranking of the {t.reward} scores vs true error (next state; horizon: "
+                                         f"{t.rank_horizon} steps later), per step",
                                 "step", "value (Spearman: +1 = perfect ranking)", log_y=False),
                  "figures/ranking_by_step.html")
     curves = {"baseline": base["mse"].mean(0), t.reward: ev["mse"].mean(0)}

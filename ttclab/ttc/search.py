@@ -21,6 +21,11 @@ from . import steps
 from .rollout import ROLLOUTS, check_latent
 
 
+# ttc keys that change only the run's own selector or its diagnostics, never a control rollout or
+# which runs compare (stages/controls.py, stages/ttc.comparison_key).
+SELECTOR_KEYS = ("reward", "project_conservation", "rank_horizon")
+
+
 @dataclass
 class TTCConfig:
     reward: str = "arm"  # a selector of the REWARDS registry (`ttclab ttc --help` lists them)
@@ -32,12 +37,18 @@ class TTCConfig:
     horizons: tuple[int, ...] = (1, 4, 16)  # plus the final step
     rollout: str = "physical"  # physical: re-encode fields every step; latent: step the latent (UPT only)
     corr_threshold: float = 0.8  # high-correlation time: first step with corr(rollout, truth) below this
+    # > 0: also rank each step's candidates by their error rank_horizon steps later (each continued by
+    # the deterministic operator, like triplets.label=horizon): H forward passes per candidate and
+    # step, a diagnostic (cost/diagnostic_forward_per_step), not the selector's compute
+    rank_horizon: int = 0
 
     def validate(self):
         if self.reward not in REWARDS:
             raise ValueError(f"unknown reward {self.reward!r}; valid: {', '.join(selector_names())}")
         if self.branching < 1 or self.beam < 1 or self.n_ics < 0 or any(h < 1 for h in self.horizons):
             raise ValueError("need branching >= 1, beam >= 1, n_ics >= 0 and horizons >= 1")
+        if self.rank_horizon < 0:
+            raise ValueError(f"rank_horizon must be >= 0 (0 = off), got {self.rank_horizon}")
         if not -1 < self.corr_threshold < 1:
             raise ValueError(f"corr_threshold must be in (-1, 1), got {self.corr_threshold}")
         if self.rollout not in ROLLOUTS:
@@ -57,17 +68,20 @@ class SearchResult:
     wall_s: float = 0.0
     scores: list = field(default_factory=list)  # per step (rows, N) reward scores ...
     errors: list = field(default_factory=list)  # ... and the candidates' true MSE, for rank metrics
+    ahead: list = field(default_factory=list)  # ... and their look_ahead errors (when search got one)
     terms: dict = field(default_factory=dict)  # reward term -> [chosen sum, all-candidate sum, count]
 
 
 @torch.no_grad()
 def search(model, normalizer, problem, truth: torch.Tensor, reward: Reward, *, branching: int = 1, beam: int = 1,
            sampling_cfg=None, project: bool = False, generator=None, on_step=None,
-           rollout: str = "physical") -> SearchResult:
+           rollout: str = "physical", look_ahead=None) -> SearchResult:
     """truth (B, T+1, C, *X) physical; returns `reward`'s rollout from truth[:, 0], `rollout` physical
     (fields are the state) or latent (ttc/rollout.py: encoded once, candidates step the kept latents).
     `on_step(t, state (B, C, *X))`, if given, sees the best kept state after every step t = 1..T
-    (lets a sweep prune a trial mid-rollout)."""
+    (lets a sweep prune a trial mid-rollout). `look_ahead(t, cand (R, N, C, *X) physical, ic (R,))`,
+    if given, returns (R, N) errors of every scored step's candidates by another yardstick (e.g. H
+    steps later), recorded next to their next-state errors for rank diagnostics."""
     start = time.perf_counter()
     nd, b, n_steps = problem.ndim, truth.shape[0], truth.shape[1] - 1
     n = 1 if reward.deterministic else branching
@@ -94,6 +108,8 @@ def search(model, normalizer, problem, truth: torch.Tensor, reward: Reward, *, b
             out.reward_evals += scores.numel()
             out.model_evals += reward.operator_evals_per_state * x.shape[0]  # e.g. the PRM's anchor
             steps.record(out, scores, cand, step_truth, valid, terms)
+            if look_ahead is not None:
+                out.ahead.append(look_ahead(t, cand, ic))
         rows = steps.guard(scores, valid, reward)
         if rows.any():  # the one host sync per step: x[rows] needs the count
             cand_n, cand_z, valid, scores = steps.fall_back(model, correct, x, z, ic, rows, cand_n, cand_z, valid,

@@ -203,9 +203,10 @@ def record(out, scores, cand, truth, valid, terms) -> None:
 
 
 def finish(out) -> None:
-    """After the last step: `record`'s device tensors -> per step CPU (rows, N) scores and errors of the
-    fully valid rows, reward terms and counters as Python numbers."""
-    pairs = [(sc[full].cpu(), err[full].cpu()) for (sc, full), err in zip(out.scores, out.errors)]
-    out.scores, out.errors = [p[0] for p in pairs], [p[1] for p in pairs]
+    """After the last step: `record`'s device tensors -> per step CPU (rows, N) scores, errors and
+    look-ahead errors of the fully valid rows, reward terms and counters as Python numbers."""
+    full = [f for _, f in out.scores]
+    out.errors, out.ahead = ([e[f].cpu() for e, f in zip(errs, full)] for errs in (out.errors, out.ahead))
+    out.scores = [sc[f].cpu() for (sc, _), f in zip(out.scores, full)]
     out.terms = {name: [float(chosen), float(mean), count] for name, (chosen, mean, count) in out.terms.items()}
     out.model_evals, out.fallbacks = int(out.model_evals), int(out.fallbacks)
