@@ -115,3 +115,29 @@ def test_prm_triplets_come_from_the_members_and_the_prm_ranks_them_in_ttc(tmp_pa
     assert m["cost/forward_per_step"] == 2 + 1 and np.isfinite(m["reward/spearman"])  # + the PRM anchor pass
     with pytest.raises(EnsembleError, match="triplets.k=5 is not a multiple of sampling.members=2"):
         ctx.run("build_prm", tiny_project("euler1d", *sets, "triplets.k=5"))
+
+
+def test_given_members_are_taken_in_order_and_one_uri_for_an_ensemble_is_refused(tmp_path, monkeypatch,
+                                                                                 tracking_store_in, tiny_project):
+    """--input operator=URI0,URI1: member i is URI i (fine-tuned members cannot be got or run: their
+    init is not in the train key); one URI for two members would make two identical members."""
+    from ttclab.stages import Context
+    from ttclab.tracking.store import Tracker
+
+    tracker = Tracker(tracking_store_in(monkeypatch, tmp_path))
+    sets = ("train.epochs=1", "sampling.sampler=ensemble", "sampling.members=2", "ttc.branching=2",
+            "ttc.reward=random", "ttc.n_ics=2")
+    with pytest.raises(EnsembleError, match="1 URI\\(s\\) given, sampler ensemble with sampling.members=2 needs 2"):
+        Context(tracker, progress=False, inputs={"operator": "runs:/0/model/operator.pt"}).run("ttc", tiny_project("euler1d", *sets))
+    ctx = Context(tracker, progress=False)
+    a, b = (f"runs:/{ctx.run('train', tiny_project('euler1d', 'train.epochs=1', f'seed={s}'))[0]}/model/operator.pt"
+            for s in (0, 1))
+    final = tiny_project("euler1d").problem.n_snapshots - 1
+    mse = [Context(tracker, progress=False, inputs={"operator": uris}).run("ttc", tiny_project("euler1d", *sets))[1]
+           for uris in (f"{a},{b}", f"{b}, {a}")]
+    key = [f"control/member{i}/rollout_mse/h{final}" for i in (0, 1)]
+    assert mse[0][key[0]] == mse[1][key[1]] and mse[0][key[1]] == mse[1][key[0]] != mse[0][key[0]]
+    assert mse[0][f"control/baseline/rollout_mse/h{final}"] == mse[0][key[0]]  # the baseline is member 0
+    trains = [r for r in tracker.client.search_runs([tracker.client.get_experiment_by_name("ttclab/euler1d").experiment_id])
+              if r.data.tags["ttclab.stage"] == "train"]
+    assert len(trains) == 2  # nothing got or run beyond the two given

@@ -3,8 +3,10 @@ holds it and the artifact path there; stages list them in `@stage(inputs=...)`."
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
+from ..sampling.ensemble import EnsembleError, member_seeds
 from . import Input
 
 DATA_ARTIFACT = "data"
@@ -30,4 +32,22 @@ def data_path(cfg, ctx, split: str = "train", context: str = "training") -> Path
 
 
 def operator_path(cfg, ctx) -> Path:
-    return ctx.input("operator", cfg)
+    """The operator's checkpoint; of an ensemble, member 0's (the one its baseline and PRM anchor use)."""
+    return ctx.input("operator", cfg) if "operator" not in ctx.inputs else operator_paths(cfg, ctx)[0]
+
+
+def operator_paths(cfg, ctx) -> list[Path]:
+    """One checkpoint per ensemble member (only the operator's without sampler `ensemble`): the `train`
+    runs of this config with seeds seed + i, got or run, or the runs `--input operator=URI0,URI1,...`
+    names, member i = URI i. Fine-tuned members must be given so: their init is an input, not part of
+    the train key that get-or-run looks up, and one URI would make M identical members."""
+    seeds = member_seeds(cfg.seed, cfg.sampling.members if "ensemble" in cfg.sampling.parts else 1)
+    if "operator" not in ctx.inputs:
+        return [ctx.input("operator", dataclasses.replace(cfg, seed=s)) for s in seeds]
+    uris = [u.strip() for u in ctx.inputs["operator"].split(",")]
+    if len(uris) != len(seeds):
+        what = f"sampler ensemble with sampling.members={len(seeds)}" if len(seeds) > 1 else "one operator"
+        raise EnsembleError(f"--input operator: {len(uris)} URI(s) given, {what} needs {len(seeds)}: list one "
+                            f"comma-separated URI per member (member i = URI i), or drop --input operator to "
+                            f"get or run the members")
+    return [ctx.tracker.resolve(u, Path(OPERATOR_ARTIFACT).name) for u in uris]

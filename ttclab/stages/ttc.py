@@ -32,7 +32,7 @@ from ..training.triplet import horizon_errors
 from ..ttc.search import SELECTOR_KEYS, SearchResult, search
 from . import STAGES, stage
 from . import controls as control_cache
-from .common import DATA, OPERATOR, PRM, data_path, operator_path
+from .common import DATA, OPERATOR, PRM, data_path, operator_paths
 from .members import train_missing
 
 
@@ -131,14 +131,11 @@ class Rollouts:
 
 
 def _operators(cfg, ctx) -> list:
-    """The operator's checkpoint; with sampler `ensemble`, one per member: the operator of this
-    config trained with seed + i, each got or run as the `train` stage with that seed."""
-    if "ensemble" not in cfg.sampling.parts:
-        return [operator_path(cfg, ctx)]
-    members = [dataclasses.replace(cfg, seed=s) for s in member_seeds(cfg.seed, cfg.sampling.members)]
-    if "operator" not in ctx.inputs:
-        train_missing(members, ctx)  # in parallel processes when cores allow; get-or-run then finds them
-    return [operator_path(m, ctx) for m in members]
+    """The operator's checkpoint, or one per ensemble member (stages/common.py:operator_paths); the
+    missing members are trained first in parallel processes when cores allow."""
+    if "ensemble" in cfg.sampling.parts and "operator" not in ctx.inputs:
+        train_missing([dataclasses.replace(cfg, seed=s) for s in member_seeds(cfg.seed, cfg.sampling.members)], ctx)
+    return operator_paths(cfg, ctx)
 
 
 def _load(cfg, ctx) -> Rollouts:
