@@ -155,6 +155,7 @@ def test_train_prm_stage_end_to_end(tmp_path, monkeypatch, tracking_store_in, ti
     metrics = runs["train_prm"].data.metrics
     for key in ("prm/triplet_acc", "prm/spearman", "prm/ece", "train/loss", "val/loss", "prm/n3/captured"):
         assert key in metrics and math.isfinite(metrics[key])
+    assert metrics["prm/spearman_next"] == metrics["prm/spearman"]  # next-state labels: the same ranking target
     steps = sorted(m.step for m in tracker.client.get_metric_history(run_id, "val/loss"))
     assert len(steps) == 3 and steps[0] == 0  # the untrained anchor (epoch 0), then 2 epochs
     by_step = tracker.client.get_metric_history(run_id, "prm/by_step/next/spearman")  # one point per rollout step

@@ -178,6 +178,8 @@ def held_out_report(model, val: dict, set_size: int, seed: int, device) -> tuple
     scores = score_all(model, val, device=device)
     mse = val["mse"]
     out = ranking_report(scores, mse)
+    # Against the true next-state error too: with triplets.label=horizon, `mse` is the H-step label.
+    out["prm/spearman_next"] = ranking_report(scores, val.get("next_mse", mse))["prm/spearman"]
     out["prm/triplet_acc"] = triplet_accuracy(scores.gather(1, rank_triplet(mse)))
     subset, _ = draw_sets(mse, set_size, torch.Generator().manual_seed(seed))
     sub_scores = score_all(model, val, gather_candidates(val["cands"], subset), device=device)
