@@ -148,7 +148,7 @@ def stage_command(name: str, help_text: str) -> click.Command:
     @click.option("--seed", type=int, default=None, help="Overrides the project's seed.")
     @click.option("--input", "inputs", multiple=True, metavar="NAME=URI",
                   help="Use this upstream result instead of get-or-run, e.g. operator=runs:/<id>/model/operator.pt, "
-                       "resume=<checkpoint> (runs:/, models:/ or a path).")
+                       "resume=<checkpoint> (runs:/, models:/ or a path); an ensemble's members as operator=URI0,URI1,...")
     @click.option("--overrides", "joined", default="", metavar="'K=V K=V'",
                   help="Space-separated KEY=VALUE overrides in one string (for MLproject parameters).")
     @click.option("--quiet", is_flag=True, help="No progress bars.")
